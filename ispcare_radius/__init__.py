@@ -1,0 +1,1 @@
+"""ispcare-radius: the RADIUS/AAA server of the ISPCare billing system."""
