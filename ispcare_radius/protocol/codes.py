@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 
-__all__ = ["Code", "DecodeError", "DropReason"]
+__all__ = ["CODE_NAMES", "Code", "DecodeError", "DropReason"]
 
 
 class Code(IntEnum):
@@ -24,6 +24,13 @@ class Code(IntEnum):
     COA_REQUEST = 43
     COA_ACK = 44
     COA_NAK = 45
+
+
+# Wire names as RFCs and FreeRADIUS print them, for log lines.
+CODE_NAMES: dict[int, str] = {
+    c.value: "-".join(w.capitalize() for w in c.name.split("_")).replace("Coa", "CoA")
+    for c in Code
+}
 
 
 class DropReason(StrEnum):

@@ -22,7 +22,7 @@ from ispcare_radius.protocol.authenticator import (
     message_authenticator_ok,
     request_authenticator_ok,
 )
-from ispcare_radius.protocol.codes import Code, DecodeError, DropReason
+from ispcare_radius.protocol.codes import CODE_NAMES, Code, DecodeError, DropReason
 from ispcare_radius.protocol.packet import Packet, parse
 from ispcare_radius.server.clients import ClientTable
 from ispcare_radius.server.counters import Counters
@@ -396,8 +396,9 @@ class RadiusServer:
             self._log.info(
                 "request",
                 nas=nas.name,
-                code=packet.code,
-                result=code,
+                packet=CODE_NAMES.get(packet.code, str(packet.code)),
+                result=CODE_NAMES.get(code, str(code)) if code is not None else "no-reply",
                 reason=reply.reason if reply is not None else "",
+                user_name=reply.user_name if reply is not None else None,
                 latency_ms=round((now - request.received_at) * 1000.0, 3),
             )

@@ -1,0 +1,10 @@
+.PHONY: demo test bench
+
+demo:
+	./scripts/demo
+
+test:
+	./scripts/test
+
+bench:
+	./bench/run.sh

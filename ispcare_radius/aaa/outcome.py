@@ -1,0 +1,84 @@
+"""Policy outcomes and the one table that turns them into reply codes.
+
+Fails closed: an outcome with no entry cannot exist (a test walks the enum),
+and storage failure maps to Access-Reject or no reply, by configuration.
+Imports protocol codes only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+
+from ispcare_radius.protocol.codes import Code
+
+
+class Outcome(StrEnum):
+    """Why an Access-Request ended the way it did; the slug is the log reason."""
+
+    ACCEPT = "accept"
+    NO_USER_NAME = "no_user_name"
+    NO_CREDENTIALS = "no_credentials"
+    UNSUPPORTED_METHOD = "unsupported_method"
+    MALFORMED_PASSWORD = "malformed_password"
+    UNKNOWN_USER = "unknown_user"
+    BAD_PASSWORD = "bad_password"
+    SUSPENDED = "suspended"
+    EXPIRED = "expired"
+    DEACTIVATED = "deactivated"
+    MAC_LOCK_MISMATCH = "mac_lock_mismatch"
+    STORE_UNAVAILABLE = "store_unavailable"
+    INTERNAL_ERROR = "internal_error"
+
+
+class StoreFailureAction(StrEnum):
+    """What a storage failure becomes: a reject, or silence so the NAS retries."""
+
+    REJECT = "reject"
+    NO_REPLY = "no_reply"
+
+
+_REJECT = int(Code.ACCESS_REJECT)
+
+# Outcome -> reply code (None: no reply). STORE_UNAVAILABLE is filled in from
+# configuration by ``reply_codes``; everything that is not an explicit accept
+# is a reject.
+_BASE_TABLE: Mapping[Outcome, int | None] = MappingProxyType(
+    {
+        Outcome.ACCEPT: int(Code.ACCESS_ACCEPT),
+        Outcome.NO_USER_NAME: _REJECT,
+        Outcome.NO_CREDENTIALS: _REJECT,
+        Outcome.UNSUPPORTED_METHOD: _REJECT,
+        Outcome.MALFORMED_PASSWORD: _REJECT,
+        Outcome.UNKNOWN_USER: _REJECT,
+        Outcome.BAD_PASSWORD: _REJECT,
+        Outcome.SUSPENDED: _REJECT,
+        Outcome.EXPIRED: _REJECT,
+        Outcome.DEACTIVATED: _REJECT,
+        Outcome.MAC_LOCK_MISMATCH: _REJECT,
+        Outcome.INTERNAL_ERROR: _REJECT,
+    }
+)
+
+# Reply-Message sent with a reject, only where telling the subscriber helps
+# and reveals nothing to a guesser (never for a wrong password or unknown user).
+REPLY_MESSAGES: Mapping[Outcome, str] = MappingProxyType(
+    {
+        Outcome.SUSPENDED: "Account suspended",
+        Outcome.EXPIRED: "Account expired",
+        Outcome.DEACTIVATED: "Account deactivated",
+    }
+)
+
+
+def reply_codes(on_store_failure: StoreFailureAction) -> Mapping[Outcome, int | None]:
+    """The complete outcome -> reply code table for this configuration."""
+    table = dict(_BASE_TABLE)
+    table[Outcome.STORE_UNAVAILABLE] = (
+        _REJECT if on_store_failure is StoreFailureAction.REJECT else None
+    )
+    missing = set(Outcome) - set(table)
+    if missing:  # pragma: no cover - guarded by a test over the enum
+        raise RuntimeError(f"outcomes without a reply code: {sorted(missing)}")
+    return MappingProxyType(table)

@@ -1,0 +1,205 @@
+"""The Access-Request pipeline: credentials -> subscriber -> checks -> reply.
+
+Each step is a small callable over one ``Attempt``; it returns an ``Outcome``
+to stop, or None to go on. The outcome becomes a reply code through the
+fail-closed table in ``outcome``. Storage is reached only through the ports.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ispcare_radius.aaa.model import AuthEvent, AuthResult, Subscriber, SubscriberStatus
+from ispcare_radius.aaa.outcome import Outcome, StoreFailureAction, reply_codes
+from ispcare_radius.aaa.ports import AuthEventSink, StoreUnavailable, SubscriberDirectory
+from ispcare_radius.aaa.reply import ReplyRenderer
+from ispcare_radius.aaa.request import Reply, Request
+from ispcare_radius.privacy.blind import normalize_mac
+from ispcare_radius.protocol.authenticator import unhide_password
+from ispcare_radius.protocol.codes import Code, DecodeError
+
+USER_NAME = 1
+USER_PASSWORD = 2
+CHAP_PASSWORD = 3
+NAS_IP_ADDRESS = 4
+CALLING_STATION_ID = 31
+NAS_IPV6_ADDRESS = 95
+EAP_MESSAGE = 79
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    on_store_failure: StoreFailureAction = StoreFailureAction.REJECT
+
+
+class Attempt:
+    """The working state of one Access-Request as it goes through the steps."""
+
+    __slots__ = ("password", "request", "subscriber", "user_name")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.user_name: str | None = None
+        self.password: bytes | None = None
+        self.subscriber: Subscriber | None = None
+
+
+Step = Callable[[Attempt, float], Outcome | None]
+
+
+def read_credentials(attempt: Attempt, now: float) -> Outcome | None:
+    """User-Name and the PAP password; other methods are not offered yet."""
+    packet = attempt.request.packet
+    raw_name = packet.get(USER_NAME)
+    if not raw_name:
+        return Outcome.NO_USER_NAME
+    attempt.user_name = raw_name.decode("utf-8", "replace")
+    hidden = packet.get(USER_PASSWORD)
+    if hidden is None:
+        if packet.get(CHAP_PASSWORD) is not None or packet.get(EAP_MESSAGE) is not None:
+            return Outcome.UNSUPPORTED_METHOD
+        return Outcome.NO_CREDENTIALS
+    try:
+        attempt.password = unhide_password(
+            hidden, attempt.request.nas.secret.reveal(), packet.authenticator
+        )
+    except DecodeError:
+        return Outcome.MALFORMED_PASSWORD
+    return None
+
+
+def check_password(attempt: Attempt, now: float) -> Outcome | None:
+    """PAP: the cleartext password against the stored one, in constant time.
+
+    Checked before the account status, so that only someone who knows the
+    password learns that an account is suspended or expired.
+    """
+    sub = attempt.subscriber
+    assert sub is not None and attempt.password is not None
+    if sub.password is None or not sub.password.equals(attempt.password):
+        return Outcome.BAD_PASSWORD
+    return None
+
+
+_STATUS_OUTCOMES = {
+    SubscriberStatus.SUSPENDED: Outcome.SUSPENDED,
+    SubscriberStatus.EXPIRED: Outcome.EXPIRED,
+    SubscriberStatus.DEACTIVATED: Outcome.DEACTIVATED,
+}
+
+
+def check_status(attempt: Attempt, now: float) -> Outcome | None:
+    """Only active, unexpired subscribers get in."""
+    sub = attempt.subscriber
+    assert sub is not None
+    outcome = _STATUS_OUTCOMES.get(sub.status)
+    if outcome is not None:
+        return outcome
+    if sub.expires_at is not None and sub.expires_at.timestamp() <= now:
+        return Outcome.EXPIRED
+    return None
+
+
+def check_mac_lock(attempt: Attempt, now: float) -> Outcome | None:
+    """A subscriber locked to a MAC may log in only from that Calling-Station-Id."""
+    sub = attempt.subscriber
+    assert sub is not None
+    if sub.mac_lock is None:
+        return None
+    raw = attempt.request.packet.get(CALLING_STATION_ID)
+    mac = normalize_mac(raw.decode("ascii", "replace")) if raw else None
+    if mac is None or mac != sub.mac_lock:
+        return Outcome.MAC_LOCK_MISMATCH
+    return None
+
+
+DEFAULT_CHECKS: tuple[Step, ...] = (check_password, check_status, check_mac_lock)
+
+
+class AccessHandler:
+    """Answers Access-Requests; implements the server's ``Handler`` port."""
+
+    def __init__(
+        self,
+        *,
+        directory: SubscriberDirectory,
+        events: AuthEventSink,
+        renderer: ReplyRenderer,
+        settings: AuthSettings = AuthSettings(),
+        checks: Sequence[Step] = DEFAULT_CHECKS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._directory = directory
+        self._events = events
+        self._renderer = renderer
+        self._codes = reply_codes(settings.on_store_failure)
+        self._checks = tuple(checks)
+        self._clock = clock
+
+    async def handle(self, request: Request) -> Reply:
+        now = self._clock()
+        attempt = Attempt(request)
+        attributes = b""
+        try:
+            outcome = await self._decide(attempt, now)
+            if outcome is Outcome.ACCEPT:
+                assert attempt.subscriber is not None
+                attributes = self._renderer.accept(attempt.subscriber, request.nas, now=now)
+        except Exception:  # a bug must not become an accept or a crash
+            outcome = Outcome.INTERNAL_ERROR
+        code = self._codes[outcome]
+        if code is not None and code != Code.ACCESS_ACCEPT:
+            attributes = self._renderer.reject(outcome)
+        self._record(attempt, outcome, code, now)
+        return Reply(code, attributes, reason=outcome.value, user_name=attempt.user_name)
+
+    async def _decide(self, attempt: Attempt, now: float) -> Outcome:
+        outcome = read_credentials(attempt, now)
+        if outcome is not None:
+            return outcome
+        assert attempt.user_name is not None
+        try:
+            attempt.subscriber = await self._directory.by_user_name(attempt.user_name)
+        except StoreUnavailable:
+            return Outcome.STORE_UNAVAILABLE
+        if attempt.subscriber is None:
+            return Outcome.UNKNOWN_USER
+        for check in self._checks:
+            outcome = check(attempt, now)
+            if outcome is not None:
+                return outcome
+        return Outcome.ACCEPT
+
+    def _record(self, attempt: Attempt, outcome: Outcome, code: int | None, now: float) -> None:
+        packet = attempt.request.packet
+        if code == Code.ACCESS_ACCEPT:
+            result = AuthResult.ACCEPT
+        elif code is None:
+            result = AuthResult.NO_REPLY
+        else:
+            result = AuthResult.REJECT
+        calling = packet.get(CALLING_STATION_ID)
+        self._events.submit(
+            AuthEvent(
+                time=datetime.fromtimestamp(now, UTC),
+                subscriber_id=attempt.subscriber.id if attempt.subscriber else None,
+                nas_id=attempt.request.nas.id,
+                result=result,
+                reason=outcome.value,
+                user_name=attempt.user_name or "",
+                calling_station_id=calling.decode("utf-8", "replace") if calling else None,
+                nas_ip=_nas_ip(packet.get(NAS_IP_ADDRESS), packet.get(NAS_IPV6_ADDRESS)),
+            )
+        )
+
+
+def _nas_ip(v4: bytes | None, v6: bytes | None) -> str | None:
+    if v4 is not None and len(v4) == 4:
+        return str(ipaddress.IPv4Address(v4))
+    if v6 is not None and len(v6) == 16:
+        return str(ipaddress.IPv6Address(v6))
+    return None

@@ -1,0 +1,31 @@
+"""The storage ports the AAA pipeline depends on; ``store`` implements them.
+
+Only ``typing.Protocol`` definitions and the one exception storage may raise.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ispcare_radius.aaa.model import AuthEvent, Subscriber
+
+
+class StoreUnavailable(Exception):
+    """Storage could not answer (connection lost, timeout, pool exhausted).
+
+    Raised by port implementations; the pipeline maps it to the configured
+    fail-closed outcome. The message must not hold personal values.
+    """
+
+
+class SubscriberDirectory(Protocol):
+    async def by_user_name(self, user_name: str) -> Subscriber | None:
+        """The subscriber whose user name is ``user_name`` (normalised by the
+        store), or None. Raises StoreUnavailable when storage fails."""
+        ...
+
+
+class AuthEventSink(Protocol):
+    def submit(self, event: AuthEvent) -> None:
+        """Queue ``event`` to be written off the reply path; never blocks."""
+        ...

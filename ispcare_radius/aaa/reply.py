@@ -1,0 +1,80 @@
+"""Renders a subscriber's plan into encoded Access-Accept attributes.
+
+The part that depends only on (plan, vendor) is encoded once and cached; the
+per-subscriber part (Session-Timeout bounded by expiry, static addresses) is
+encoded per request. Imports protocol and the aaa model only.
+"""
+
+from __future__ import annotations
+
+from ispcare_radius.aaa.model import Nas, Plan, Subscriber
+from ispcare_radius.aaa.outcome import REPLY_MESSAGES, Outcome
+from ispcare_radius.aaa.vendors import profile
+from ispcare_radius.protocol.dictionary import Dictionary
+
+
+class ReplyRenderer:
+    """Encodes reply attributes with the loaded dictionary."""
+
+    def __init__(self, dictionary: Dictionary, *, max_cached_plans: int = 4096) -> None:
+        self._dict = dictionary
+        self._plan_cache: dict[tuple[Plan, str], bytes] = {}
+        self._max_cached = max_cached_plans
+        self._reject_cache: dict[Outcome, bytes] = {}
+
+    def accept(self, subscriber: Subscriber, nas: Nas, *, now: float) -> bytes:
+        """Access-Accept attributes for ``subscriber`` on ``nas`` at wall time ``now``."""
+        enc = self._dict.encode
+        out = bytearray()
+        plan = subscriber.plan
+        session_timeout = plan.session_timeout if plan is not None else None
+        if subscriber.expires_at is not None:
+            remaining = int(subscriber.expires_at.timestamp() - now)
+            if remaining > 0 and (session_timeout is None or remaining < session_timeout):
+                session_timeout = remaining
+        if session_timeout is not None:
+            out += enc("Session-Timeout", session_timeout)
+        if plan is not None:
+            out += self._plan_part(plan, nas.vendor)
+        if subscriber.static_ipv4 is not None:
+            out += enc("Framed-IP-Address", subscriber.static_ipv4)
+        if subscriber.static_ipv6_prefix is not None:
+            out += enc("Framed-IPv6-Prefix", subscriber.static_ipv6_prefix)
+        return bytes(out)
+
+    def reject(self, outcome: Outcome) -> bytes:
+        """Access-Reject attributes for ``outcome`` (a Reply-Message where one helps)."""
+        cached = self._reject_cache.get(outcome)
+        if cached is None:
+            message = REPLY_MESSAGES.get(outcome)
+            cached = self._dict.encode("Reply-Message", message) if message else b""
+            self._reject_cache[outcome] = cached
+        return cached
+
+    def _plan_part(self, plan: Plan, vendor: str) -> bytes:
+        key = (plan, vendor)
+        cached = self._plan_cache.get(key)
+        if cached is not None:
+            return cached
+        enc = self._dict.encode
+        out = bytearray()
+        if plan.idle_timeout is not None:
+            out += enc("Idle-Timeout", plan.idle_timeout)
+        if plan.interim_interval is not None:
+            out += enc("Acct-Interim-Interval", plan.interim_interval)
+        if plan.ipv4_pool:
+            out += enc("Framed-Pool", plan.ipv4_pool)
+        if plan.ipv6_pool:
+            out += enc("Delegated-IPv6-Prefix-Pool", plan.ipv6_pool)
+        for name, value in profile(vendor).rate_limit(plan):
+            out += enc(name, value)
+        for name, text in plan.extra_reply:
+            out += enc(name, text)
+        if len(self._plan_cache) >= self._max_cached:
+            self._plan_cache.clear()
+        cached = self._plan_cache[key] = bytes(out)
+        return cached
+
+    def check_plan(self, plan: Plan, vendor: str = "generic") -> None:
+        """Raise ValueError if ``plan`` cannot be encoded (unknown extra attribute)."""
+        self._plan_part(plan, vendor)

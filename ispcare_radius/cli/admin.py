@@ -1,0 +1,266 @@
+"""The administrative commands: keys, migrate, nas, plan, subscriber.
+
+Composition root: turns parsed arguments into store calls and prints results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from ispcare_radius.cli.args import die
+from ispcare_radius.cli.config import Config, ConfigError
+from ispcare_radius.cli.runtime import Store, open_store
+from ispcare_radius.privacy.blind import normalize_mac
+from ispcare_radius.privacy.keys import KeyFileError, init_key_file
+from ispcare_radius.store.importer import parse_import_csv
+
+
+def keys_init(config: Config) -> int:
+    try:
+        init_key_file(config.master_key_file)
+    except KeyFileError as exc:
+        die(str(exc))
+    print(f"master key written to {config.master_key_file} (mode 0400); back it up safely")
+    return 0
+
+
+async def run_admin(config: Config, args: argparse.Namespace) -> int:
+    if args.command == "migrate":
+        async with open_store(config) as store:
+            applied = store.applied_migrations
+            print(f"applied migrations: {applied}" if applied else "database is up to date")
+        return 0
+    handler = {"nas": _nas, "plan": _plan, "subscriber": _subscriber}[args.command]
+    async with open_store(config) as store:
+        return await handler(store, args)
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(_cell(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
+    for r in rows:
+        print("  ".join(_cell(r[c]).ljust(widths[c]) for c in cols).rstrip())
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+async def _nas(store: Store, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        secret = args.secret or secrets.token_urlsafe(16)
+        try:
+            nas = await store.nas.add(
+                args.name,
+                args.address,
+                secret,
+                vendor=args.vendor,
+                ma_policy=args.ma_policy,
+                coa_port=args.coa_port,
+                latitude=args.latitude,
+                longitude=args.longitude,
+                country=args.country,
+                city=args.city,
+            )
+        except ValueError as exc:
+            die(str(exc))
+        print(f"added NAS {nas.name} ({nas.address})")
+        if not args.secret:
+            print(f"shared secret: {secret}")
+        return 0
+    if args.action == "list":
+        _table(
+            [
+                {
+                    "name": n.name,
+                    "address": str(n.address),
+                    "vendor": n.vendor,
+                    "ma_policy": n.ma_policy.value,
+                    "coa_port": n.coa_port,
+                    "location": ", ".join(x for x in (n.city, n.country) if x) or None,
+                }
+                for n in await store.nas.list()
+            ]
+        )
+        return 0
+    if not await store.nas.remove(args.name):
+        die(f"no NAS named {args.name!r}")
+    print(f"removed NAS {args.name}")
+    return 0
+
+
+_PLAN_FIELDS = {
+    "download": "download_kbps",
+    "upload": "upload_kbps",
+    "burst_download": "burst_download_kbps",
+    "burst_upload": "burst_upload_kbps",
+    "burst_threshold_download": "burst_threshold_download_kbps",
+    "burst_threshold_upload": "burst_threshold_upload_kbps",
+    "burst_time": "burst_time_s",
+    "session_timeout": "session_timeout",
+    "idle_timeout": "idle_timeout",
+    "interim_interval": "interim_interval",
+    "simultaneous_use": "simultaneous_use",
+    "pool": "ipv4_pool",
+    "ipv6_pool": "ipv6_pool",
+}
+
+
+async def _plan(store: Store, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        fields = {dst: getattr(args, src) for src, dst in _PLAN_FIELDS.items()}
+        try:
+            plan = await store.plans.add(name=args.name, extra_reply=tuple(args.reply), **fields)
+        except ValueError as exc:
+            die(str(exc))
+        print(f"added plan {plan.name}")
+        return 0
+    rows = []
+    for plan in await store.plans.list():
+        row = {"name": plan.name}
+        for f in dataclasses.fields(plan):
+            if f.name in ("id", "name"):
+                continue
+            value = getattr(plan, f.name)
+            if value not in (None, ()):
+                row[f.name] = value
+        rows.append(row)
+    for row in rows:
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+    if not rows:
+        print("(none)")
+    return 0
+
+
+def _read_password(args: argparse.Namespace, *, required: bool) -> str | None:
+    if args.password_stdin:
+        value = sys.stdin.readline().rstrip("\n")
+        if not value:
+            die("empty password on stdin")
+        return value
+    if args.password is not None:
+        if not args.password:
+            die("empty password")
+        return str(args.password)
+    if required:
+        if not sys.stdin.isatty():
+            die("no password given (use --password or --password-stdin)")
+        value = getpass.getpass("password: ")
+        if not value:
+            die("empty password")
+        return value
+    return None
+
+
+def _mac(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if normalize_mac(text) is None:
+        die("--mac-lock is not a MAC address")
+    return text
+
+
+async def _subscriber(store: Store, args: argparse.Namespace) -> int:
+    repo = store.subscribers
+    action = args.action
+    try:
+        if action == "add":
+            password = _read_password(args, required=True)
+            assert password is not None
+            sid = await repo.add(
+                args.user_name,
+                password,
+                plan=args.plan,
+                status=args.status or "active",
+                expires_at=args.expires,
+                static_ipv4=args.static_ip,
+                mac_lock=_mac(args.mac_lock),
+                account_ref=args.account_ref,
+            )
+            print(f"added subscriber id {sid}")
+            return 0
+        if action == "show":
+            view = await repo.get(args.user_name)
+            if view is None:
+                die("no such subscriber")
+            for key, value in dataclasses.asdict(view).items():
+                print(f"{key}: {_cell(value)}")
+            return 0
+        if action == "set":
+            changes: dict[str, Any] = {}
+            password = _read_password(args, required=False)
+            if password is not None:
+                changes["password"] = password
+            for opt, key in (
+                ("plan", "plan"),
+                ("status", "status"),
+                ("expires", "expires_at"),
+                ("static_ip", "static_ipv4"),
+                ("account_ref", "account_ref"),
+            ):
+                if getattr(args, opt) is not None:
+                    changes[key] = getattr(args, opt)
+            if args.mac_lock is not None:
+                changes["mac_lock"] = _mac(args.mac_lock)
+            for cleared in args.clear:
+                key = {
+                    "expires": "expires_at",
+                    "static-ip": "static_ipv4",
+                    "mac-lock": "mac_lock",
+                    "plan": "plan",
+                    "account-ref": "account_ref",
+                }[cleared]
+                changes[key] = None
+            if not changes:
+                die("nothing to change", 2)
+            if not await repo.set(args.user_name, **changes):
+                die("no such subscriber")
+            print("updated")
+            return 0
+        if action == "list":
+            views = await repo.list(status=args.status, limit=args.limit, offset=args.offset)
+            _table([_list_row(v) for v in views])
+            return 0
+        if action == "remove":
+            if not await repo.remove(args.user_name):
+                die("no such subscriber")
+            print("removed; the subscriber's data key is destroyed")
+            return 0
+        if action == "import":
+            return await _import(store, Path(args.csv), progress=not args.no_progress)
+    except ValueError as exc:
+        die(str(exc))
+    raise ConfigError(f"unknown action {action}")
+
+
+def _list_row(view: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(view)
+    return {k: d[k] for k in ("id", "user_name", "status", "plan", "expires_at") if k in d}
+
+
+async def _import(store: Store, path: Path, *, progress: bool) -> int:
+    if not path.is_file():
+        die(f"no such file: {path}")
+    from tqdm import tqdm
+
+    with path.open("rb") as fh:
+        total = max(sum(1 for _ in fh) - 1, 0)
+    bar = tqdm(total=total, unit="rows", disable=not progress, file=sys.stderr)
+    try:
+        count = await store.subscribers.import_rows(
+            parse_import_csv(path), progress=lambda n: bar.update(n) and None
+        )
+    finally:
+        bar.close()
+    print(f"imported {count} subscribers")
+    return 0

@@ -1,0 +1,205 @@
+"""The command-line grammar of ``ispcare-radius``: parsers and value types.
+
+Argument errors become one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from datetime import UTC, datetime
+from typing import NoReturn
+
+from ispcare_radius.aaa.model import MessageAuthenticatorPolicy, SubscriberStatus
+from ispcare_radius.aaa.vendors import known_vendors
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but an error is a single line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ispcare-radius: error: {message} (see --help)\n")
+
+
+def speed_kbps(text: str) -> int:
+    """``"10M"``, ``"512k"``, ``"1G"`` or plain kbit/s -> kbit/s."""
+    units = {"k": 1, "m": 1000, "g": 1_000_000}
+    t = text.strip().lower()
+    factor = 1
+    if t and t[-1] in units:
+        factor = units[t[-1]]
+        t = t[:-1]
+    try:
+        value = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad speed {text!r} (try 10M or 512k)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("speed must be positive")
+    return int(value * factor)
+
+
+def seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad number of seconds {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("seconds must be positive")
+    return value
+
+
+def timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("bad time (use ISO 8601, e.g. 2027-01-31)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def address_or_cidr(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an IP address or CIDR") from None
+    return text
+
+
+def ipv4(text: str) -> str:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an IPv4 address") from None
+    return text
+
+
+def reply_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError("expected ATTRIBUTE=VALUE")
+    return name.strip(), value.strip()
+
+
+def _plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--download", type=speed_kbps, help="download speed (10M, 512k)")
+    p.add_argument("--upload", type=speed_kbps, help="upload speed")
+    p.add_argument("--burst-download", type=speed_kbps)
+    p.add_argument("--burst-upload", type=speed_kbps)
+    p.add_argument("--burst-threshold-download", type=speed_kbps)
+    p.add_argument("--burst-threshold-upload", type=speed_kbps)
+    p.add_argument("--burst-time", type=seconds)
+    p.add_argument("--session-timeout", type=seconds)
+    p.add_argument("--idle-timeout", type=seconds)
+    p.add_argument("--interim-interval", type=seconds)
+    p.add_argument("--simultaneous-use", type=seconds, metavar="N")
+    p.add_argument("--pool", help="IPv4 pool name (Framed-Pool)")
+    p.add_argument("--ipv6-pool", help="delegated IPv6 prefix pool name")
+    p.add_argument(
+        "--reply",
+        type=reply_pair,
+        action="append",
+        default=[],
+        metavar="ATTR=VALUE",
+        help="extra reply attribute (repeatable)",
+    )
+
+
+def _subscriber_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
+    p.add_argument("--password", help="password (prompted for when omitted on a terminal)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--plan")
+    p.add_argument("--status", choices=[s.value for s in SubscriberStatus])
+    p.add_argument("--expires", type=timestamp, help="expiry time, ISO 8601")
+    p.add_argument("--static-ip", type=ipv4)
+    p.add_argument("--mac-lock", help="only this MAC may log in")
+    p.add_argument("--account-ref", help="the billing system's account id")
+    if not adding:
+        p.add_argument(
+            "--clear",
+            action="append",
+            default=[],
+            choices=["expires", "static-ip", "mac-lock", "plan", "account-ref"],
+            help="remove a value (repeatable)",
+        )
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="ispcare-radius", description="ISPCare RADIUS/AAA server")
+    parser.add_argument("--config", help="TOML config file (default: $ISPCARE_CONFIG)")
+    parser.add_argument("--dsn", help="PostgreSQL DSN (default: config, $ISPCARE_DSN, embedded)")
+    parser.add_argument("--master-key-file", help="master key file (default: config)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    p = sub.add_parser("serve", help="run the RADIUS server")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="create a demo NAS and subscriber and print a radtest line",
+    )
+    p.add_argument("--auth-port", type=int, help="override the auth port on every address")
+    p.add_argument("--acct-port", type=int, help="override the acct port on every address")
+
+    sub.add_parser("migrate", help="apply pending database migrations")
+
+    keys = sub.add_parser("keys", help="master key management").add_subparsers(
+        dest="action", required=True, parser_class=OneLineParser
+    )
+    keys.add_parser("init", help="create a new master key file (mode 0400)")
+
+    nas = sub.add_parser("nas", help="NAS clients").add_subparsers(
+        dest="action", required=True, parser_class=OneLineParser
+    )
+    p = nas.add_parser("add", help="add a NAS")
+    p.add_argument("name")
+    p.add_argument("address", type=address_or_cidr, help="IP address or CIDR")
+    p.add_argument("--secret", help="shared secret (generated and printed when omitted)")
+    p.add_argument("--vendor", default="generic", choices=known_vendors())
+    p.add_argument(
+        "--ma-policy", default="observe", choices=[m.value for m in MessageAuthenticatorPolicy]
+    )
+    p.add_argument("--coa-port", type=int, default=3799)
+    p.add_argument("--latitude", type=float)
+    p.add_argument("--longitude", type=float)
+    p.add_argument("--country")
+    p.add_argument("--city")
+    nas.add_parser("list", help="list NAS clients")
+    p = nas.add_parser("remove", help="remove a NAS")
+    p.add_argument("name")
+
+    plan = sub.add_parser("plan", help="service plans").add_subparsers(
+        dest="action", required=True, parser_class=OneLineParser
+    )
+    p = plan.add_parser("add", help="add a plan")
+    p.add_argument("name")
+    _plan_options(p)
+    plan.add_parser("list", help="list plans")
+
+    subs = sub.add_parser("subscriber", help="subscribers").add_subparsers(
+        dest="action", required=True, parser_class=OneLineParser
+    )
+    p = subs.add_parser("add", help="add a subscriber")
+    p.add_argument("user_name")
+    _subscriber_options(p, adding=True)
+    p = subs.add_parser("show", help="show one subscriber")
+    p.add_argument("user_name")
+    p = subs.add_parser("set", help="change a subscriber")
+    p.add_argument("user_name")
+    _subscriber_options(p, adding=False)
+    p = subs.add_parser("list", help="list subscribers")
+    p.add_argument("--status", choices=[s.value for s in SubscriberStatus])
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--offset", type=int, default=0)
+    p = subs.add_parser("remove", help="remove a subscriber and shred their data")
+    p.add_argument("user_name")
+    p = subs.add_parser("import", help="bulk import a CSV of subscribers")
+    p.add_argument(
+        "csv",
+        help="CSV: user_name,password[,plan,status,expires_at,static_ipv4,mac_lock,account_ref]",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def die(message: str, code: int = 1) -> NoReturn:
+    sys.stderr.write(f"ispcare-radius: error: {message}\n")
+    raise SystemExit(code)

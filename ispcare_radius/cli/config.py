@@ -1,0 +1,262 @@
+"""Reads the TOML configuration and the environment into each package's settings.
+
+The composition root's half: every value is validated here, once, and a bad
+one becomes a ``ConfigError`` with a one-line message naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ispcare_radius.aaa.outcome import StoreFailureAction
+from ispcare_radius.aaa.pipeline import AuthSettings
+from ispcare_radius.server.settings import ServerSettings
+
+
+class ConfigError(Exception):
+    """The configuration or command line is wrong; the message is one line."""
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """Where keys and the embedded database live unless configured."""
+    if env.get("ISPCARE_STATE_DIR"):
+        return Path(env["ISPCARE_STATE_DIR"])
+    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "/root")) / ".local" / "state")
+    return Path(base) / "ispcare-radius"
+
+
+def repo_dictionaries() -> Path:
+    """The dictionaries shipped with the project."""
+    return Path(__file__).resolve().parents[2] / "dictionaries"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    dsn: str | None
+    embedded_dir: Path
+    pool_min: int = 2
+    pool_max: int = 10
+    command_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    ttl: float = 30.0
+    max_entries: int = 200_000
+    prewarm: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    batch_size: int = 1000
+    flush_interval: float = 0.2
+    max_queue: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "auto"  # auto | json | console
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerSettings
+    auth: AuthSettings
+    database: DatabaseConfig
+    master_key_file: Path
+    dictionary_dirs: tuple[Path, ...]
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    nas_reload_interval: float = 60.0
+
+
+# section -> key -> expected Python type(s); anything else is an error.
+_SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
+    "server": {
+        "auth_listen": (list,),
+        "acct_listen": (list,),
+        "reply_cache_ttl": (int, float),
+        "reply_cache_max": (int,),
+        "max_in_flight": (int,),
+        "recv_buffer_bytes": (int,),
+        "reuse_port": (bool,),
+        "shutdown_grace": (int, float),
+        "log_requests": (bool,),
+        "nas_reload_interval": (int, float),
+    },
+    "database": {
+        "dsn": (str,),
+        "embedded_dir": (str,),
+        "pool_min": (int,),
+        "pool_max": (int,),
+        "command_timeout": (int, float),
+    },
+    "keys": {"master_key_file": (str,)},
+    "dictionaries": {"extra_dirs": (list,)},
+    "auth": {
+        "on_store_failure": (str,),
+        "cache_ttl": (int, float),
+        "cache_max_entries": (int,),
+        "cache_prewarm": (bool,),
+    },
+    "auth_events": {
+        "batch_size": (int,),
+        "flush_interval": (int, float),
+        "max_queue": (int,),
+    },
+    "logging": {"level": (str,), "format": (str,)},
+}
+
+
+def parse_listen(text: str, setting: str) -> tuple[str, int]:
+    """``"0.0.0.0:1812"`` or ``"[::]:1812"`` -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{setting}: expected HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{setting}: bad port in {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{setting}: port out of range in {text!r}")
+    return host, port
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except PermissionError:
+        raise ConfigError(f"config file not readable: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _validate(doc: Mapping[str, Any]) -> None:
+    for section, body in doc.items():
+        keys = _SCHEMA.get(section)
+        if keys is None:
+            raise ConfigError(f"unknown config section [{section}]")
+        if not isinstance(body, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        for key, value in body.items():
+            types = keys.get(key)
+            if types is None:
+                raise ConfigError(f"unknown setting {section}.{key}")
+            if isinstance(value, bool) and bool not in types:
+                raise ConfigError(f"{section}.{key}: wrong type")
+            if not isinstance(value, types):
+                raise ConfigError(f"{section}.{key}: wrong type")
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """The configuration from ``path`` (or ``$ISPCARE_CONFIG``), env and overrides."""
+    env = os.environ if env is None else env
+    if path is None and env.get("ISPCARE_CONFIG"):
+        path = Path(env["ISPCARE_CONFIG"])
+    doc: dict[str, Any] = _read_toml(path) if path is not None else {}
+    _validate(doc)
+    srv = dict(doc.get("server", {}))
+    db = doc.get("database", {})
+    auth = doc.get("auth", {})
+    ev = doc.get("auth_events", {})
+    lg = doc.get("logging", {})
+    state = default_state_dir(env)
+    overrides = overrides or {}
+
+    server_kwargs: dict[str, Any] = {}
+    for key in ("auth_listen", "acct_listen"):
+        if key in srv:
+            server_kwargs[key] = tuple(parse_listen(str(v), f"server.{key}") for v in srv[key])
+    for key in (
+        "reply_cache_ttl",
+        "reply_cache_max",
+        "max_in_flight",
+        "recv_buffer_bytes",
+        "reuse_port",
+        "shutdown_grace",
+        "log_requests",
+    ):
+        if key in srv:
+            server_kwargs[key] = srv[key]
+    server_kwargs.update(overrides.get("server", {}))
+    try:
+        server = ServerSettings(**server_kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"[server]: {exc}") from None
+
+    try:
+        on_failure = StoreFailureAction(auth.get("on_store_failure", "reject"))
+    except ValueError:
+        raise ConfigError("auth.on_store_failure must be 'reject' or 'no_reply'") from None
+
+    dsn = overrides.get("dsn") or env.get("ISPCARE_DSN") or db.get("dsn") or None
+    database = DatabaseConfig(
+        dsn=dsn,
+        embedded_dir=Path(db.get("embedded_dir") or state / "pgdata"),
+        pool_min=int(db.get("pool_min", 2)),
+        pool_max=int(db.get("pool_max", 10)),
+        command_timeout=float(db.get("command_timeout", 5.0)),
+    )
+    if database.pool_min < 1 or database.pool_max < database.pool_min:
+        raise ConfigError("database.pool_min must be >= 1 and <= database.pool_max")
+
+    key_file = (
+        overrides.get("master_key_file")
+        or env.get("ISPCARE_MASTER_KEY_FILE")
+        or doc.get("keys", {}).get("master_key_file")
+        or state / "master.key"
+    )
+    extra = tuple(Path(str(p)) for p in doc.get("dictionaries", {}).get("extra_dirs", []))
+    for d in extra:
+        if not d.exists():
+            raise ConfigError(f"dictionaries.extra_dirs: {d} does not exist")
+    fmt = str(lg.get("format", "auto"))
+    if fmt not in ("auto", "json", "console"):
+        raise ConfigError("logging.format must be 'auto', 'json' or 'console'")
+    level = str(lg.get("level", "info")).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("logging.level must be debug, info, warning or error")
+    positive = {
+        "auth.cache_ttl": float(auth.get("cache_ttl", 30.0)),
+        "auth_events.flush_interval": float(ev.get("flush_interval", 0.2)),
+        "auth_events.batch_size": float(ev.get("batch_size", 1000)),
+        "server.nas_reload_interval": float(srv.get("nas_reload_interval", 60.0)),
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive")
+    return Config(
+        server=server,
+        auth=AuthSettings(on_store_failure=on_failure),
+        database=database,
+        master_key_file=Path(key_file),
+        dictionary_dirs=(repo_dictionaries(), *extra),
+        cache=CacheConfig(
+            ttl=positive["auth.cache_ttl"],
+            max_entries=int(auth.get("cache_max_entries", 200_000)),
+            prewarm=bool(auth.get("cache_prewarm", True)),
+        ),
+        events=EventsConfig(
+            batch_size=int(ev.get("batch_size", 1000)),
+            flush_interval=positive["auth_events.flush_interval"],
+            max_queue=int(ev.get("max_queue", 100_000)),
+        ),
+        logging=LoggingConfig(level=level, format=fmt),
+        nas_reload_interval=positive["server.nas_reload_interval"],
+    )

@@ -1,0 +1,213 @@
+"""Runs the real ``ispcare-radius`` command as a subprocess for end-to-end tests.
+
+Provisioning goes through the CLI too, so these tests cover what an operator types.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ispcare_radius.protocol.authenticator import build_request
+from ispcare_radius.protocol.codes import Code
+from ispcare_radius.protocol.packet import parse
+
+
+def free_udp_port() -> int:
+    """A UDP port free on both 127.0.0.1 and ::1 right now."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s4:
+            s4.bind(("127.0.0.1", 0))
+            port = int(s4.getsockname()[1])
+            try:
+                with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s6:
+                    s6.bind(("::1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free UDP port")
+
+
+@dataclass
+class ServerProcess:
+    """One configured ispcare-radius instance: config, keys, database, process."""
+
+    workdir: Path
+    dsn: str
+    auth_port: int = field(default_factory=free_udp_port)
+    acct_port: int = field(default_factory=free_udp_port)
+    extra_config: str = ""
+    # A NAS secret for 127.0.0.1, used by the readiness probe (Status-Server).
+    probe_secret: bytes = b""
+    probe_host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "ispcare-radius.toml"
+
+    @property
+    def key_path(self) -> Path:
+        return self.workdir / "keys" / "master.key"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    def write_config(self) -> None:
+        self.config_path.write_text(
+            f"""
+[server]
+auth_listen = ["127.0.0.1:{self.auth_port}", "[::1]:{self.auth_port}"]
+acct_listen = ["127.0.0.1:{self.acct_port}"]
+shutdown_grace = 5
+
+[database]
+dsn = "{self.dsn}"
+
+[keys]
+master_key_file = "{self.key_path}"
+
+[auth_events]
+flush_interval = 0.05
+
+[logging]
+format = "json"
+level = "info"
+{self.extra_config}
+"""
+        )
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("ISPCARE_DSN", None)
+        env.pop("ISPCARE_MASTER_KEY", None)
+        env["ISPCARE_STATE_DIR"] = str(self.workdir / "state")
+        return env
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        """Run ``ispcare-radius --config ... ARGS`` and return its stdout."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "ispcare_radius", "--config", str(self.config_path), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=120,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ispcare-radius {args[:2]} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def setup(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        self.cli("keys", "init")
+        self.cli("migrate")
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start ``serve`` and wait until it answers a Status-Server."""
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ispcare_radius", "--config", str(self.config_path), "serve"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.log_path.read_text()}")
+            if self.status_server_answers():
+                return
+        raise AssertionError(f"server did not come up:\n{self.log_path.read_text()}")
+
+    def status_server_answers(self) -> bool:
+        """True once the auth port answers a Status-Server signed with ``probe_secret``."""
+        return _probe(self.probe_host, self.auth_port, self.probe_secret)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _probe(host: str, port: int, secret: bytes) -> bool:
+    data = build_request(int(Code.STATUS_SERVER), 7, b"", secret, message_authenticator=True)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.25)
+        s.sendto(data, (host, port))
+        with contextlib.suppress(TimeoutError, ConnectionRefusedError):
+            reply = parse(s.recv(4096))
+            return reply.code == Code.ACCESS_ACCEPT
+    return False
+
+
+def create_database(admin_dsn: str) -> tuple[str, str]:
+    """A fresh database on the server of ``admin_dsn``: (dsn, name)."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"ispcare_it_{secrets.token_hex(6)}"
+
+    async def go() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+    base, _, _ = admin_dsn.rpartition("/")
+    query = ""
+    if "?" in admin_dsn:
+        query = "?" + admin_dsn.split("?", 1)[1]
+        base = admin_dsn.split("?", 1)[0].rpartition("/")[0]
+    return f"{base}/{name}{query}", name
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+@contextlib.contextmanager
+def running(server: ServerProcess) -> Iterator[ServerProcess]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
