@@ -1,0 +1,116 @@
+"""Encoding, sealing and blind indexes of the personal columns of ``subscribers``.
+
+Pure helpers shared by the subscriber repository and the directory. Imports
+aaa.model and privacy; no database access here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from typing import Final
+
+import asyncpg
+
+from ispcare_radius.aaa.model import Plan, Subscriber, SubscriberStatus
+from ispcare_radius.privacy.blind import BlindIndex, normalize_mac, normalize_user_name
+from ispcare_radius.privacy.crypto import FieldCipher, field_aad
+from ispcare_radius.privacy.secret import Secret
+
+TABLE: Final = "subscribers"
+
+
+class LookupKind(StrEnum):
+    """Globally unique values indexed in ``subscriber_lookup``."""
+
+    USER_NAME = "user_name"
+    MAC_LOCK = "mac_lock"
+    STATIC_IPV4 = "static_ipv4"
+
+
+class Column(StrEnum):
+    """Encrypted columns of ``subscribers`` (stored as ``<name>_enc``)."""
+
+    USER_NAME = "user_name"
+    PASSWORD = "password"
+    STATIC_IPV4 = "static_ipv4"
+    STATIC_IPV6 = "static_ipv6"
+    MAC_LOCK = "mac_lock"
+
+
+def aad(column: Column, subscriber_id: int) -> bytes:
+    """Associated data binding a subscriber field to its column and subscriber."""
+    return field_aad(TABLE, column.value, subscriber_id, subscriber_id)
+
+
+def seal(
+    cipher: FieldCipher, column: Column, subscriber_id: int, value: bytes | None
+) -> bytes | None:
+    """``value`` sealed for (column, subscriber), or None for None."""
+    if value is None:
+        return None
+    return cipher.seal(value, aad(column, subscriber_id))
+
+
+def unseal(
+    cipher: FieldCipher, column: Column, subscriber_id: int, blob: bytes | None
+) -> bytes | None:
+    """The plaintext of a sealed field, or None for a NULL column."""
+    if blob is None:
+        return None
+    return cipher.open(bytes(blob), aad(column, subscriber_id))
+
+
+def parse_mac(text: str) -> bytes:
+    """Six MAC bytes from common notations; ValueError without the value otherwise."""
+    mac = normalize_mac(text)
+    if mac is None:
+        raise ValueError("MAC lock is not a valid MAC address")
+    return mac
+
+
+def format_mac(mac: bytes) -> str:
+    """``aa:bb:cc:dd:ee:ff``."""
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def parse_ipv4(text: str) -> ipaddress.IPv4Address:
+    """An IPv4 address; ValueError without the value otherwise."""
+    try:
+        return ipaddress.IPv4Address(text.strip())
+    except ValueError:
+        raise ValueError("static IPv4 is not a valid IPv4 address") from None
+
+
+def parse_ipv6_prefix(text: str) -> ipaddress.IPv6Network:
+    """An IPv6 prefix; ValueError without the value otherwise."""
+    try:
+        return ipaddress.IPv6Network(text.strip(), strict=True)
+    except ValueError:
+        raise ValueError("static IPv6 prefix is not a valid IPv6 network") from None
+
+
+def user_name_blind(index: BlindIndex, user_name: str) -> bytes:
+    """Full-length blind index of the normalised user name (unique lookup)."""
+    return index.full(normalize_user_name(user_name))
+
+
+def subscriber_from_record(
+    record: asyncpg.Record, cipher: FieldCipher, plan: Plan | None
+) -> Subscriber:
+    """Decrypt a subscribers row (id, status, ...,``*_enc``) into the AAA value."""
+    sid = int(record["id"])
+    password = unseal(cipher, Column.PASSWORD, sid, record["password_enc"])
+    ipv4 = unseal(cipher, Column.STATIC_IPV4, sid, record["static_ipv4_enc"])
+    ipv6 = unseal(cipher, Column.STATIC_IPV6, sid, record["static_ipv6_enc"])
+    return Subscriber(
+        id=sid,
+        status=SubscriberStatus(record["status"]),
+        plan=plan,
+        password=None if password is None else Secret(password),
+        account_ref=record["account_ref"],
+        expires_at=record["expires_at"],
+        static_ipv4=None if ipv4 is None else ipaddress.IPv4Address(ipv4),
+        static_ipv6_prefix=None if ipv6 is None else ipaddress.IPv6Network(ipv6.decode("ascii")),
+        mac_lock=unseal(cipher, Column.MAC_LOCK, sid, record["mac_lock_enc"]),
+    )

@@ -1,0 +1,153 @@
+"""Service plans in the ``plans`` reference table (no personal data).
+
+Imports aaa.model and store.db; never server or cli.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import asyncpg
+
+from ispcare_radius.aaa.model import Plan
+from ispcare_radius.store.db import Pool, acquire
+
+# The numeric and text columns of plans, in Plan field order (id, name and
+# extra_reply are handled apart).
+PLAN_VALUE_FIELDS: Final[tuple[str, ...]] = (
+    "download_kbps",
+    "upload_kbps",
+    "burst_download_kbps",
+    "burst_upload_kbps",
+    "burst_threshold_download_kbps",
+    "burst_threshold_upload_kbps",
+    "burst_time_s",
+    "session_timeout",
+    "idle_timeout",
+    "interim_interval",
+    "simultaneous_use",
+    "ipv4_pool",
+    "ipv6_pool",
+)
+_INT_FIELDS: Final = frozenset(PLAN_VALUE_FIELDS[:11])
+PLAN_COLUMNS: Final[tuple[str, ...]] = ("id", "name", *PLAN_VALUE_FIELDS, "extra_reply")
+
+
+def plan_select_list(alias: str, prefix: str) -> str:
+    """``alias.col AS prefixcol, ...`` for every plan column, for joins."""
+    return ", ".join(f"{alias}.{col} AS {prefix}{col}" for col in PLAN_COLUMNS)
+
+
+def plan_from_record(record: asyncpg.Record, prefix: str = "") -> Plan | None:
+    """The Plan in ``record`` (columns named ``prefix + column``), or None if absent."""
+    plan_id = record[f"{prefix}id"]
+    if plan_id is None:
+        return None
+    extra = record[f"{prefix}extra_reply"] or []
+    return Plan(
+        id=int(plan_id),
+        name=str(record[f"{prefix}name"]),
+        extra_reply=tuple((str(name), str(value)) for name, value in extra),
+        **{f: record[f"{prefix}{f}"] for f in PLAN_VALUE_FIELDS},
+    )
+
+
+def _check_values(values: Mapping[str, Any]) -> None:
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name in _INT_FIELDS:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"plan field {name} must be a non-negative integer")
+        elif not isinstance(value, str) or not value:
+            raise ValueError(f"plan field {name} must be a non-empty string")
+
+
+class PlanRepository:
+    """Create, read and remove plans."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def add(
+        self,
+        name: str,
+        *,
+        download_kbps: int | None = None,
+        upload_kbps: int | None = None,
+        burst_download_kbps: int | None = None,
+        burst_upload_kbps: int | None = None,
+        burst_threshold_download_kbps: int | None = None,
+        burst_threshold_upload_kbps: int | None = None,
+        burst_time_s: int | None = None,
+        session_timeout: int | None = None,
+        idle_timeout: int | None = None,
+        interim_interval: int | None = None,
+        simultaneous_use: int | None = None,
+        ipv4_pool: str | None = None,
+        ipv6_pool: str | None = None,
+        extra_reply: Sequence[tuple[str, str]] = (),
+    ) -> Plan:
+        """Store a new plan; ValueError for a taken name or an invalid value."""
+        if not name or not name.strip():
+            raise ValueError("plan name must not be empty")
+        values: dict[str, Any] = {
+            "download_kbps": download_kbps,
+            "upload_kbps": upload_kbps,
+            "burst_download_kbps": burst_download_kbps,
+            "burst_upload_kbps": burst_upload_kbps,
+            "burst_threshold_download_kbps": burst_threshold_download_kbps,
+            "burst_threshold_upload_kbps": burst_threshold_upload_kbps,
+            "burst_time_s": burst_time_s,
+            "session_timeout": session_timeout,
+            "idle_timeout": idle_timeout,
+            "interim_interval": interim_interval,
+            "simultaneous_use": simultaneous_use,
+            "ipv4_pool": ipv4_pool,
+            "ipv6_pool": ipv6_pool,
+        }
+        _check_values(values)
+        extra = [[str(attr), str(value)] for attr, value in extra_reply]
+        if any(not attr for attr, _ in extra):
+            raise ValueError("extra reply attribute names must not be empty")
+        columns = ["name", *PLAN_VALUE_FIELDS, "extra_reply"]
+        params = [name, *(values[f] for f in PLAN_VALUE_FIELDS), extra]
+        placeholders = ", ".join(f"${i}" for i in range(1, len(params) + 1))
+        query = (
+            f"INSERT INTO plans ({', '.join(columns)}) VALUES ({placeholders})"
+            f" RETURNING {', '.join(PLAN_COLUMNS)}"
+        )
+        async with acquire(self._pool) as conn:
+            try:
+                record = await conn.fetchrow(query, *params)
+            except asyncpg.UniqueViolationError:
+                raise ValueError("plan name already exists") from None
+        assert record is not None
+        plan = plan_from_record(record)
+        assert plan is not None
+        return plan
+
+    async def get(self, name: str) -> Plan | None:
+        """The plan named ``name``, or None."""
+        async with acquire(self._pool) as conn:
+            record = await conn.fetchrow(
+                f"SELECT {', '.join(PLAN_COLUMNS)} FROM plans WHERE name = $1", name
+            )
+        return None if record is None else plan_from_record(record)
+
+    async def list(self) -> list[Plan]:
+        """All plans, by name."""
+        async with acquire(self._pool) as conn:
+            records = await conn.fetch(f"SELECT {', '.join(PLAN_COLUMNS)} FROM plans ORDER BY name")
+        plans = [plan_from_record(r) for r in records]
+        return [p for p in plans if p is not None]
+
+    async def remove(self, name: str) -> bool:
+        """Delete the plan ``name``; ValueError while subscribers still use it."""
+        async with acquire(self._pool) as conn:
+            try:
+                status = await conn.execute("DELETE FROM plans WHERE name = $1", name)
+            except asyncpg.ForeignKeyViolationError:
+                raise ValueError("plan is still assigned to subscribers") from None
+        return status.endswith(" 1")

@@ -1,0 +1,376 @@
+"""Subscriber provisioning: encrypted rows, blind-index lookups, audit, change hints.
+
+Imports aaa.model, privacy and store; never server or cli.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, Final, Literal
+
+import asyncpg
+
+from ispcare_radius.aaa.model import SubscriberStatus
+from ispcare_radius.privacy.keys import MasterKeys
+from ispcare_radius.store import fields
+from ispcare_radius.store.db import Connection, Pool, acquire
+from ispcare_radius.store.fields import Column, LookupKind
+from ispcare_radius.store.importer import ImportRow, import_subscribers
+from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
+
+# NOTIFY channel: a wake-up hint for caches, never needed for correctness.
+CHANGE_CHANNEL: Final = "ispcare_subscriber_changed"
+
+_DUPLICATE_MESSAGES: Final = {
+    LookupKind.USER_NAME: "user name already exists",
+    LookupKind.MAC_LOCK: "MAC lock already in use",
+    LookupKind.STATIC_IPV4: "static IPv4 already in use",
+}
+
+_VIEW_SELECT: Final = (
+    "SELECT s.id, s.status, s.expires_at, s.account_ref, s.wrapped_key, s.user_name_enc,"
+    " s.password_enc IS NOT NULL AS has_password, s.static_ipv4_enc, s.static_ipv6_enc,"
+    " s.mac_lock_enc, s.created_at, s.updated_at, p.name AS plan_name"
+    " FROM subscribers s LEFT JOIN plans p ON p.id = s.plan_id"
+)
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+UNSET: Final = _Unset.UNSET
+"""Marker for "leave this field unchanged" in ``SubscriberRepository.set``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberView:
+    """A subscriber as an operator sees it (CLI ``show``); never the password."""
+
+    id: int
+    user_name: str = field(repr=False)
+    status: SubscriberStatus
+    plan: str | None
+    expires_at: datetime | None
+    static_ipv4: ipaddress.IPv4Address | None = field(repr=False)
+    static_ipv6_prefix: ipaddress.IPv6Network | None = field(repr=False)
+    mac_lock: str | None = field(repr=False)
+    account_ref: str | None
+    has_password: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+async def notify_changed(conn: Connection, subscriber_id: int) -> None:
+    """Queue the change hint for ``subscriber_id`` (sent when the transaction commits)."""
+    await conn.execute("SELECT pg_notify($1, $2)", CHANGE_CHANNEL, str(subscriber_id))
+
+
+async def audit(
+    conn: Connection, actor: str, action: str, subscriber_id: int | None, detail: dict[str, Any]
+) -> None:
+    """Append to audit_log; ``detail`` must hold no personal values."""
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, subscriber_id, detail) VALUES ($1, $2, $3, $4)",
+        actor,
+        action,
+        subscriber_id,
+        detail,
+    )
+
+
+async def plan_id_by_name(conn: Connection, name: str | None) -> int | None:
+    """The id of plan ``name`` (None for None); ValueError if there is none."""
+    if name is None:
+        return None
+    plan_id = await conn.fetchval("SELECT id FROM plans WHERE name = $1", name)
+    if plan_id is None:
+        raise ValueError("unknown plan")
+    return int(plan_id)
+
+
+class SubscriberRepository:
+    """Add, read, change, list, remove and bulk-import subscribers."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        keys: SystemKeys,
+        masters: MasterKeys,
+        data_keys: DataKeyCache,
+        *,
+        actor: str = "system",
+    ) -> None:
+        self._pool = pool
+        self._keys = keys
+        self._masters = masters
+        self._data_keys = data_keys
+        self._actor = actor
+
+    def _blind(self, kind: LookupKind, value: bytes | str) -> bytes:
+        if kind is LookupKind.USER_NAME:
+            assert isinstance(value, str)
+            return fields.user_name_blind(self._keys.blind_index, value)
+        assert isinstance(value, bytes)
+        return self._keys.blind_index.full(value)
+
+    async def _insert_lookup(
+        self, conn: Connection, kind: LookupKind, value: bytes | str, subscriber_id: int
+    ) -> None:
+        try:
+            await conn.execute(
+                "INSERT INTO subscriber_lookup (kind, blind, subscriber_id) VALUES ($1, $2, $3)",
+                kind.value,
+                self._blind(kind, value),
+                subscriber_id,
+            )
+        except asyncpg.UniqueViolationError:
+            raise ValueError(_DUPLICATE_MESSAGES[kind]) from None
+
+    async def _locate(
+        self, conn: Connection, user_name: str, *, lock: bool
+    ) -> asyncpg.Record | None:
+        suffix = " FOR UPDATE OF s" if lock else ""
+        return await conn.fetchrow(
+            "SELECT s.id, s.wrapped_key FROM subscriber_lookup l"
+            " JOIN subscribers s ON s.id = l.subscriber_id"
+            f" WHERE l.kind = 'user_name' AND l.blind = $1{suffix}",
+            self._blind(LookupKind.USER_NAME, user_name),
+        )
+
+    async def add(
+        self,
+        user_name: str,
+        password: str | None,
+        *,
+        plan: str | None,
+        status: str = "active",
+        expires_at: datetime | None = None,
+        static_ipv4: str | None = None,
+        static_ipv6_prefix: str | None = None,
+        mac_lock: str | None = None,
+        account_ref: str | None = None,
+    ) -> int:
+        """Create a subscriber and return its id; ValueError for a taken or bad value."""
+        if not user_name:
+            raise ValueError("user name must not be empty")
+        state = SubscriberStatus(status)
+        ipv4 = None if static_ipv4 is None else fields.parse_ipv4(static_ipv4)
+        ipv6 = None if static_ipv6_prefix is None else fields.parse_ipv6_prefix(static_ipv6_prefix)
+        mac = None if mac_lock is None else fields.parse_mac(mac_lock)
+        async with acquire(self._pool) as conn:
+            plan_id = await plan_id_by_name(conn, plan)
+            # The id is reserved before encrypting: every sealed field binds it.
+            sid = int(await conn.fetchval("SELECT nextval('subscriber_id_seq')"))
+            wrapped, cipher = self._data_keys.new_key(sid)
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        "INSERT INTO subscribers (id, account_ref, status, plan_id, expires_at,"
+                        " wrapped_key, kek_version, user_name_enc, password_enc, static_ipv4_enc,"
+                        " static_ipv6_enc, mac_lock_enc)"
+                        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                        sid,
+                        account_ref,
+                        state.value,
+                        plan_id,
+                        expires_at,
+                        wrapped,
+                        self._masters.primary_version,
+                        fields.seal(cipher, Column.USER_NAME, sid, user_name.encode("utf-8")),
+                        fields.seal(cipher, Column.PASSWORD, sid, _utf8(password)),
+                        fields.seal(cipher, Column.STATIC_IPV4, sid, _packed(ipv4)),
+                        fields.seal(cipher, Column.STATIC_IPV6, sid, _v6_text(ipv6)),
+                        fields.seal(cipher, Column.MAC_LOCK, sid, mac),
+                    )
+                    await self._insert_lookup(conn, LookupKind.USER_NAME, user_name, sid)
+                    if mac is not None:
+                        await self._insert_lookup(conn, LookupKind.MAC_LOCK, mac, sid)
+                    if ipv4 is not None:
+                        await self._insert_lookup(conn, LookupKind.STATIC_IPV4, ipv4.packed, sid)
+                    await audit(conn, self._actor, "subscriber.add", sid, {})
+                    await notify_changed(conn, sid)
+            except BaseException:
+                self._data_keys.discard(sid)
+                raise
+        return sid
+
+    async def get(self, user_name: str) -> SubscriberView | None:
+        """The subscriber whose (normalised) user name matches, or None."""
+        blind = self._blind(LookupKind.USER_NAME, user_name)
+        async with acquire(self._pool) as conn:
+            record = await conn.fetchrow(
+                f"{_VIEW_SELECT} JOIN subscriber_lookup l ON l.subscriber_id = s.id"
+                " WHERE l.kind = 'user_name' AND l.blind = $1",
+                blind,
+            )
+        return None if record is None else self._view(record)
+
+    async def list(
+        self, *, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[SubscriberView]:
+        """Subscribers by id, optionally only those with ``status``."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        state = None if status is None else SubscriberStatus(status).value
+        async with acquire(self._pool) as conn:
+            records = await conn.fetch(
+                f"{_VIEW_SELECT} WHERE ($1::text IS NULL OR s.status = $1)"
+                " ORDER BY s.id LIMIT $2 OFFSET $3",
+                state,
+                limit,
+                offset,
+            )
+        return [self._view(r) for r in records]
+
+    def _view(self, record: asyncpg.Record) -> SubscriberView:
+        sid = int(record["id"])
+        cipher = self._data_keys.cipher(sid, bytes(record["wrapped_key"]))
+        name = fields.unseal(cipher, Column.USER_NAME, sid, record["user_name_enc"])
+        ipv4 = fields.unseal(cipher, Column.STATIC_IPV4, sid, record["static_ipv4_enc"])
+        ipv6 = fields.unseal(cipher, Column.STATIC_IPV6, sid, record["static_ipv6_enc"])
+        mac = fields.unseal(cipher, Column.MAC_LOCK, sid, record["mac_lock_enc"])
+        assert name is not None
+        return SubscriberView(
+            id=sid,
+            user_name=name.decode("utf-8"),
+            status=SubscriberStatus(record["status"]),
+            plan=record["plan_name"],
+            expires_at=record["expires_at"],
+            static_ipv4=None if ipv4 is None else ipaddress.IPv4Address(ipv4),
+            static_ipv6_prefix=None if ipv6 is None else ipaddress.IPv6Network(ipv6.decode()),
+            mac_lock=None if mac is None else fields.format_mac(mac),
+            account_ref=record["account_ref"],
+            has_password=bool(record["has_password"]),
+            created_at=record["created_at"],
+            updated_at=record["updated_at"],
+        )
+
+    async def set(
+        self,
+        user_name: str,
+        *,
+        password: str | Literal[_Unset.UNSET] | None = UNSET,
+        plan: str | Literal[_Unset.UNSET] | None = UNSET,
+        status: str | Literal[_Unset.UNSET] = UNSET,
+        expires_at: datetime | Literal[_Unset.UNSET] | None = UNSET,
+        static_ipv4: str | Literal[_Unset.UNSET] | None = UNSET,
+        static_ipv6_prefix: str | Literal[_Unset.UNSET] | None = UNSET,
+        mac_lock: str | Literal[_Unset.UNSET] | None = UNSET,
+        account_ref: str | Literal[_Unset.UNSET] | None = UNSET,
+    ) -> bool:
+        """Change the given fields (None clears); False if there is no such user.
+
+        After the change a NOTIFY on ``ispcare_subscriber_changed`` tells
+        caches to drop the entry.
+        """
+        ipv4 = None if static_ipv4 in (UNSET, None) else fields.parse_ipv4(str(static_ipv4))
+        ipv6 = (
+            None
+            if static_ipv6_prefix in (UNSET, None)
+            else fields.parse_ipv6_prefix(str(static_ipv6_prefix))
+        )
+        mac = None if mac_lock in (UNSET, None) else fields.parse_mac(str(mac_lock))
+        state = None if status is UNSET else SubscriberStatus(status)
+        async with acquire(self._pool) as conn, conn.transaction():
+            found = await self._locate(conn, user_name, lock=True)
+            if found is None:
+                return False
+            sid = int(found["id"])
+            cipher = self._data_keys.cipher(sid, bytes(found["wrapped_key"]))
+            changes: dict[str, Any] = {}
+            if password is not UNSET:
+                changes["password_enc"] = fields.seal(cipher, Column.PASSWORD, sid, _utf8(password))
+            if plan is not UNSET:
+                changes["plan_id"] = await plan_id_by_name(conn, plan)
+            if state is not None:
+                changes["status"] = state.value
+            if expires_at is not UNSET:
+                changes["expires_at"] = expires_at
+            if account_ref is not UNSET:
+                changes["account_ref"] = account_ref
+            if static_ipv6_prefix is not UNSET:
+                sealed = fields.seal(cipher, Column.STATIC_IPV6, sid, _v6_text(ipv6))
+                changes["static_ipv6_enc"] = sealed
+            if static_ipv4 is not UNSET:
+                sealed = fields.seal(cipher, Column.STATIC_IPV4, sid, _packed(ipv4))
+                changes["static_ipv4_enc"] = sealed
+                await self._replace_lookup(
+                    conn, LookupKind.STATIC_IPV4, None if ipv4 is None else ipv4.packed, sid
+                )
+            if mac_lock is not UNSET:
+                changes["mac_lock_enc"] = fields.seal(cipher, Column.MAC_LOCK, sid, mac)
+                await self._replace_lookup(conn, LookupKind.MAC_LOCK, mac, sid)
+            if not changes:
+                return True
+            assignments = ", ".join(f"{col} = ${i}" for i, col in enumerate(changes, start=2))
+            await conn.execute(
+                f"UPDATE subscribers SET {assignments}, updated_at = now() WHERE id = $1",
+                sid,
+                *changes.values(),
+            )
+            detail = {"fields": sorted(c.removesuffix("_enc").removesuffix("_id") for c in changes)}
+            await audit(conn, self._actor, "subscriber.set", sid, detail)
+            await notify_changed(conn, sid)
+        return True
+
+    async def _replace_lookup(
+        self, conn: Connection, kind: LookupKind, value: bytes | None, subscriber_id: int
+    ) -> None:
+        await conn.execute(
+            "DELETE FROM subscriber_lookup WHERE kind = $1 AND subscriber_id = $2",
+            kind.value,
+            subscriber_id,
+        )
+        if value is not None:
+            await self._insert_lookup(conn, kind, value, subscriber_id)
+
+    async def remove(self, user_name: str) -> bool:
+        """Erase a subscriber: row, lookups and auth events; the data key goes with the row."""
+        async with acquire(self._pool) as conn, conn.transaction():
+            found = await self._locate(conn, user_name, lock=True)
+            if found is None:
+                return False
+            sid = int(found["id"])
+            await conn.execute("DELETE FROM subscriber_lookup WHERE subscriber_id = $1", sid)
+            await conn.execute("DELETE FROM auth_events WHERE subscriber_id = $1", sid)
+            await conn.execute("DELETE FROM subscribers WHERE id = $1", sid)
+            await audit(conn, self._actor, "subscriber.remove", sid, {})
+            await notify_changed(conn, sid)
+        self._data_keys.discard(sid)
+        return True
+
+    async def import_rows(
+        self,
+        rows: Iterable[ImportRow],
+        *,
+        progress: Callable[[int], None] | None = None,
+        batch_size: int = 5000,
+    ) -> int:
+        """Bulk-create subscribers in one transaction; see ``importer.import_subscribers``."""
+        return await import_subscribers(
+            self._pool,
+            self._keys,
+            self._masters,
+            self._data_keys,
+            rows,
+            progress=progress,
+            batch_size=batch_size,
+            actor=self._actor,
+        )
+
+
+def _utf8(value: str | None) -> bytes | None:
+    return None if value is None else value.encode("utf-8")
+
+
+def _packed(address: ipaddress.IPv4Address | None) -> bytes | None:
+    return None if address is None else address.packed
+
+
+def _v6_text(prefix: ipaddress.IPv6Network | None) -> bytes | None:
+    return None if prefix is None else str(prefix).encode("ascii")
