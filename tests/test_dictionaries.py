@@ -158,7 +158,7 @@ def scan() -> Scan:
 @pytest.fixture(scope="module")
 def ours() -> tuple[Dictionary, list[str]]:
     """The whole tree, read by our own loader."""
-    from ispcare_radius.protocol.dictionary import load_dictionary
+    from ispcare_radius.protocol.dictfile import load_dictionary
 
     return load_dictionary([TOP])
 
@@ -474,7 +474,7 @@ def test_our_loader_warns_about_lines_like_the_ones_this_tree_must_not_have(
     tmp_path: Path,
 ) -> None:
     """The zero-warning check is meaningful: a broken snippet does produce warnings."""
-    from ispcare_radius.protocol.dictionary import load_dictionary
+    from ispcare_radius.protocol.dictfile import load_dictionary
 
     broken = tmp_path / "dictionary"
     broken.write_text(

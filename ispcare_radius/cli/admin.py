@@ -256,10 +256,12 @@ async def _import(store: Store, path: Path, *, progress: bool) -> int:
     with path.open("rb") as fh:
         total = max(sum(1 for _ in fh) - 1, 0)
     bar = tqdm(total=total, unit="rows", disable=not progress, file=sys.stderr)
+
+    def advance(rows: int) -> None:
+        bar.update(rows)
+
     try:
-        count = await store.subscribers.import_rows(
-            parse_import_csv(path), progress=lambda n: bar.update(n) and None
-        )
+        count = await store.subscribers.import_rows(parse_import_csv(path), progress=advance)
     finally:
         bar.close()
     print(f"imported {count} subscribers")

@@ -26,6 +26,10 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
     """Where keys and the embedded database live unless configured."""
     if env.get("ISPCARE_STATE_DIR"):
         return Path(env["ISPCARE_STATE_DIR"])
+    if os.geteuid() == 0:
+        # A service's place; also keeps the embedded PostgreSQL, which opens
+        # up its parent directories for its own user, out of /root.
+        return Path("/var/lib/ispcare-radius")
     base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "/root")) / ".local" / "state")
     return Path(base) / "ispcare-radius"
 

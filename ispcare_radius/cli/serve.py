@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import secrets
 import signal
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -24,6 +26,7 @@ from ispcare_radius.server.app import RadiusServer
 from ispcare_radius.server.clients import ClientTable
 from ispcare_radius.store.directory import CachedSubscriberDirectory
 from ispcare_radius.store.events import AuthEventWriter
+from ispcare_radius.store.partitions import ensure_partitions
 
 DEMO_NAS = "local-nas"
 DEMO_PLAN = "demo-10M"
@@ -114,10 +117,15 @@ async def serve(config: Config, *, demo: bool = False) -> int:
         clients = ClientTable(await store.nas.list())
         server = RadiusServer(config.server, clients, auth_handler=handler, acct_handler=None)
         await directory.start_listening()
-        if config.cache.prewarm:
-            await directory.prewarm(config.cache.max_entries)
+        await ensure_partitions(store.pool, now=datetime.now(UTC))
         events.start()
-        reload_task = asyncio.create_task(_reload_nas(store, clients, config.nas_reload_interval))
+        background = [
+            asyncio.create_task(_reload_nas(store, clients, config.nas_reload_interval)),
+            asyncio.create_task(_daily_partitions(store)),
+        ]
+        if config.cache.prewarm:
+            # Serve at once; until the cache is warm, misses go to the database.
+            background.append(asyncio.create_task(_prewarm(directory, config.cache.max_entries)))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(
@@ -135,9 +143,11 @@ async def serve(config: Config, *, demo: bool = False) -> int:
                 print(f"Demo ready. In another terminal run:\n  {demo_line}", flush=True)
             await server.serve_forever()
         finally:
-            reload_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reload_task
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await events.stop()
             await directory.stop()
             log.info("stopped")
@@ -150,6 +160,28 @@ async def _reload_once(store: Store, clients: ClientTable) -> None:
         clients.replace(await store.nas.list())
     except Exception as exc:  # keep the old table; the next reload tries again
         log.warning("nas_reload_failed", error=type(exc).__name__)
+
+
+async def _prewarm(directory: CachedSubscriberDirectory, limit: int) -> None:
+    log = structlog.get_logger("ispcare_radius")
+    started = time.monotonic()
+    try:
+        count = await directory.prewarm(limit)
+    except Exception as exc:  # a cold cache is slower, not wrong
+        log.warning("cache_prewarm_failed", error=type(exc).__name__)
+        return
+    log.info("cache_prewarmed", subscribers=count, seconds=round(time.monotonic() - started, 1))
+
+
+async def _daily_partitions(store: Store) -> None:
+    """Keep a week of auth-event partitions ahead of the clock."""
+    log = structlog.get_logger("ispcare_radius")
+    while True:
+        await asyncio.sleep(6 * 3600)
+        try:
+            await ensure_partitions(store.pool, now=datetime.now(UTC))
+        except Exception as exc:  # rows still land in the default partition
+            log.warning("partition_maintenance_failed", error=type(exc).__name__)
 
 
 async def _reload_nas(store: Store, clients: ClientTable, interval: float) -> None:

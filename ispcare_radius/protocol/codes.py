@@ -28,8 +28,7 @@ class Code(IntEnum):
 
 # Wire names as RFCs and FreeRADIUS print them, for log lines.
 CODE_NAMES: dict[int, str] = {
-    c.value: "-".join(w.capitalize() for w in c.name.split("_")).replace("Coa", "CoA")
-    for c in Code
+    c.value: "-".join(w.capitalize() for w in c.name.split("_")).replace("Coa", "CoA") for c in Code
 }
 
 

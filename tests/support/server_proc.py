@@ -96,7 +96,14 @@ level = "info"
 
     def cli(self, *args: str, input: str | None = None, check: bool = True) -> str:
         """Run ``ispcare-radius --config ... ARGS`` and return its stdout."""
-        proc = subprocess.run(
+        proc = self.run_cli(*args, input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ispcare-radius {args[:2]} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def run_cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``ispcare-radius --config ... ARGS``; the finished process."""
+        return subprocess.run(
             [sys.executable, "-m", "ispcare_radius", "--config", str(self.config_path), *args],
             input=input,
             capture_output=True,
@@ -105,9 +112,6 @@ level = "info"
             timeout=120,
             check=False,
         )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"ispcare-radius {args[:2]} failed: {proc.stderr.strip()}")
-        return proc.stdout
 
     def setup(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
