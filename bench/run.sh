@@ -65,12 +65,16 @@ PY
   echo "import of $USERS subscribers: $(python3 -c "print(round($(date +%s.%N)-$start,1))") s"
 fi
 
-IR serve > "$WORK/server.log" 2>&1 &
+.venv/bin/ispcare-radius --config "$CFG" serve > "$WORK/server.log" 2>&1 &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; "$BENCH_DIR/servers.sh" stop' EXIT
-# Wait until it answers (radclient Status-Server).
+# Wait until it answers (radclient Status-Server) and its cache is warm.
 for _ in $(seq 1 120); do
   if echo "Message-Authenticator = 0x00" | radclient -q -r 1 -t 0.5 127.0.0.1:1812 status testing123 >/dev/null 2>&1; then break; fi
+done
+for _ in $(seq 1 300); do
+  grep -q cache_prewarm "$WORK/server.log" && break
+  sleep 1
 done
 PG_PID=""
 if [ -z "${ISPCARE_BENCH_DSN:-}" ]; then

@@ -199,7 +199,7 @@ class AccessHandler:
 
 def _nas_ip(v4: bytes | None, v6: bytes | None) -> str | None:
     if v4 is not None and len(v4) == 4:
-        return str(ipaddress.IPv4Address(v4))
+        return f"{v4[0]}.{v4[1]}.{v4[2]}.{v4[3]}"
     if v6 is not None and len(v6) == 16:
         return str(ipaddress.IPv6Address(v6))
     return None

@@ -12,6 +12,10 @@ from ispcare_radius.aaa.outcome import REPLY_MESSAGES, Outcome
 from ispcare_radius.aaa.vendors import profile
 from ispcare_radius.protocol.dictionary import Dictionary
 
+# RFC 2865 attribute headers (type, length) of the per-subscriber values.
+_SESSION_TIMEOUT = bytes((27, 6))
+_FRAMED_IP_ADDRESS = bytes((8, 6))
+
 
 class ReplyRenderer:
     """Encodes reply attributes with the loaded dictionary."""
@@ -20,27 +24,43 @@ class ReplyRenderer:
         self._dict = dictionary
         self._plan_cache: dict[tuple[Plan, str], bytes] = {}
         self._max_cached = max_cached_plans
+        self._with_timeout: dict[tuple[Plan, str], bytes] = {}
         self._reject_cache: dict[Outcome, bytes] = {}
 
     def accept(self, subscriber: Subscriber, nas: Nas, *, now: float) -> bytes:
         """Access-Accept attributes for ``subscriber`` on ``nas`` at wall time ``now``."""
-        enc = self._dict.encode
-        out = bytearray()
         plan = subscriber.plan
         session_timeout = plan.session_timeout if plan is not None else None
-        if subscriber.expires_at is not None:
+        if subscriber.expires_at is None:
+            # The common case needs no encoding at all: one cached byte string.
+            out = self._static_part(plan, nas.vendor, session_timeout)
+        else:
+            # RFC 2865 section 5.27: the session ends when the account does.
             remaining = int(subscriber.expires_at.timestamp() - now)
             if remaining > 0 and (session_timeout is None or remaining < session_timeout):
                 session_timeout = remaining
-        if session_timeout is not None:
-            out += enc("Session-Timeout", session_timeout)
-        if plan is not None:
-            out += self._plan_part(plan, nas.vendor)
+            out = self._static_part(plan, nas.vendor, None)
+            if session_timeout is not None:
+                out = _SESSION_TIMEOUT + session_timeout.to_bytes(4) + out
         if subscriber.static_ipv4 is not None:
-            out += enc("Framed-IP-Address", subscriber.static_ipv4)
+            out += _FRAMED_IP_ADDRESS + subscriber.static_ipv4.packed
         if subscriber.static_ipv6_prefix is not None:
-            out += enc("Framed-IPv6-Prefix", subscriber.static_ipv6_prefix)
-        return bytes(out)
+            out += self._dict.encode("Framed-IPv6-Prefix", subscriber.static_ipv6_prefix)
+        return out
+
+    def _static_part(self, plan: Plan | None, vendor: str, session_timeout: int | None) -> bytes:
+        head = b"" if session_timeout is None else _SESSION_TIMEOUT + session_timeout.to_bytes(4)
+        if plan is None:
+            return head
+        if session_timeout is None:
+            return self._plan_part(plan, vendor)
+        key = (plan, vendor)
+        cached = self._with_timeout.get(key)
+        if cached is None:
+            if len(self._with_timeout) >= self._max_cached:
+                self._with_timeout.clear()
+            cached = self._with_timeout[key] = head + self._plan_part(plan, vendor)
+        return cached
 
     def reject(self, outcome: Outcome) -> bytes:
         """Access-Reject attributes for ``outcome`` (a Reply-Message where one helps)."""

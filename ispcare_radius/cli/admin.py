@@ -257,8 +257,8 @@ async def _import(store: Store, path: Path, *, progress: bool) -> int:
         total = max(sum(1 for _ in fh) - 1, 0)
     bar = tqdm(total=total, unit="rows", disable=not progress, file=sys.stderr)
 
-    def advance(rows: int) -> None:
-        bar.update(rows)
+    def advance(done: int) -> None:  # the importer reports rows done so far
+        bar.update(done - bar.n)
 
     try:
         count = await store.subscribers.import_rows(parse_import_csv(path), progress=advance)

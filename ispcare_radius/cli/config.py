@@ -50,7 +50,7 @@ class DatabaseConfig:
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
-    ttl: float = 30.0
+    ttl: float = 3600.0
     max_entries: int = 200_000
     prewarm: bool = True
 
@@ -237,7 +237,7 @@ def load_config(
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError("logging.level must be debug, info, warning or error")
     positive = {
-        "auth.cache_ttl": float(auth.get("cache_ttl", 30.0)),
+        "auth.cache_ttl": float(auth.get("cache_ttl", 3600.0)),
         "auth_events.flush_interval": float(ev.get("flush_interval", 0.2)),
         "auth_events.batch_size": float(ev.get("batch_size", 1000)),
         "server.nas_reload_interval": float(srv.get("nas_reload_interval", 60.0)),
