@@ -322,3 +322,33 @@ def test_packet_repr_shows_no_values() -> None:
     request = _request(user=b"very-personal-name")
     assert isinstance(request.packet, Packet)
     assert "very-personal-name" not in repr(request)
+
+
+def test_model_reprs_hide_personal_values() -> None:
+    """Reprs of subscribers, auth events and requests (as tracebacks or logs would
+    show them) carry no IP, MAC or user name."""
+    sub = _subscriber(
+        static_ipv4=ipaddress.IPv4Address("198.51.100.77"),
+        mac_lock=bytes.fromhex("0a1b2c3d4e5f"),
+    )
+    event = AuthEvent(
+        time=datetime.fromtimestamp(NOW, UTC),
+        subscriber_id=1,
+        nas_id=1,
+        result=AuthResult.REJECT,
+        reason="bad_password",
+        user_name="repr-user-x",
+        calling_station_id="0A-1B-2C-3D-4E-5F",
+        nas_ip="203.0.113.5",
+    )
+    text = repr(sub) + repr(event) + repr(_request(user=b"repr-user-x"))
+    for value in (
+        "198.51.100.77",
+        "0a1b2c3d4e5f",
+        "\\x0a\\x1b",
+        "repr-user-x",
+        "0A-1B-2C",
+        "203.0.113.5",
+        "192.0.2.1', 1645",
+    ):
+        assert value not in text

@@ -57,6 +57,7 @@ def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
         ["frobnicate"],
         ["nas", "add", "x", "not-an-address"],
         ["plan", "add", "p", "--download", "fast"],
+        ["plan", "add", "p", "--download", "inf"],
         ["subscriber", "add", "u", "--expires", "next tuesday"],
         ["subscriber", "set", "u", "--status", "sleeping"],
     ],
@@ -143,7 +144,7 @@ def test_provisioning_round_trip(pg_admin_dsn: str, tmp_path: Path) -> None:
         assert "pw-1" not in shown
         srv.cli("subscriber", "set", "cli-user-1", "--status", "suspended")
         assert "status: suspended" in srv.cli("subscriber", "show", "cli-user-1")
-        dup = srv.run_cli("subscriber", "add", "cli-user-1", "--password", "x")
+        dup = srv.run_cli("subscriber", "add", "cli-user-1", "--password-stdin", input="x\n")
         assert dup.returncode == 1
         assert "already exists" in _one_line_error(dup)
         csv = tmp_path / "subs.csv"
@@ -226,3 +227,51 @@ def _read_until(proc: subprocess.Popen[str], needle: str, *, deadline: float) ->
         if needle in line:
             return line
     raise AssertionError("no radtest line; output was:\n" + "".join(seen[-30:]))
+
+
+@pytest.mark.parametrize(
+    ("reply", "fragment"),
+    [
+        ("No-Such-Attribute=1", "unknown reply attribute"),
+        ("Message-Authenticator=0x00", "cannot be a plan reply attribute"),
+        ("Proxy-State=0x01", "cannot be a plan reply attribute"),
+        ("Session-Timeout=soon", "bad value for Session-Timeout"),
+    ],
+)
+def test_plan_reply_attributes_are_checked_when_added(
+    reply: str, fragment: str, pg_admin_dsn: str, tmp_path: Path
+) -> None:
+    """A plan attribute that would break every Access-Accept is refused up front."""
+    dsn, name = create_database(pg_admin_dsn)
+    srv = ServerProcess(tmp_path, dsn)
+    try:
+        srv.setup()
+        proc = srv.run_cli("plan", "add", "p", "--reply", reply)
+        assert proc.returncode == 2
+        assert fragment in _one_line_error(proc)
+        assert "(none)" in srv.cli("plan", "list")
+        srv.cli("plan", "add", "ok", "--reply", "Framed-Pool=pool-a")
+    finally:
+        drop_database(pg_admin_dsn, name)
+
+
+def test_database_errors_are_one_line(pg_admin_dsn: str, tmp_path: Path) -> None:
+    """A wrong master key, a missing database or a malformed DSN each give one line."""
+    dsn, name = create_database(pg_admin_dsn)
+    srv = ServerProcess(tmp_path, dsn)
+    try:
+        srv.setup()
+        env = _isolated_env(tmp_path / "other")
+        assert _cli("keys", "init", env=env).returncode == 0
+        wrong_key = _cli("--dsn", dsn, "nas", "list", env=env)
+        assert wrong_key.returncode == 2
+        assert "master key" in _one_line_error(wrong_key)
+        base = dsn.rsplit("/", 1)[0]
+        missing = _cli("--dsn", f"{base}/no_such_db_4242", "migrate", env=env)
+        assert missing.returncode in (1, 2)
+        _one_line_error(missing)
+        malformed = _cli("--dsn", "postgresql://u:secretpw@[::1:x/db", "migrate", env=env)
+        assert malformed.returncode in (1, 2)
+        assert "secretpw" not in _one_line_error(malformed)
+    finally:
+        drop_database(pg_admin_dsn, name)

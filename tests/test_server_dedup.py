@@ -70,17 +70,16 @@ def test_keys_differ_by_every_field() -> None:
     assert [cache.begin(k, now=0.0).kind for k in variants] == [HitKind.NEW] * 6
 
 
-def test_bound_evicts_the_oldest_entry() -> None:
-    """At max_entries, a new key evicts the oldest one, which becomes NEW again."""
+def test_bound_evicts_the_oldest_answered_entry() -> None:
+    """At max_entries, a new answer evicts the oldest answered key, which becomes NEW."""
     cache = ReplyCache(ttl=30.0, max_entries=3)
-    for n in range(3):
+    for n in range(4):
         cache.begin(key(n), now=float(n))
         cache.complete(key(n), bytes([n]), now=float(n))
-    cache.begin(key(3), now=3.0)
     assert len(cache) == 3
     assert cache.evicted == 1
-    assert cache.begin(key(1), now=3.0).reply == bytes([1])
-    assert cache.begin(key(0), now=3.0).kind is HitKind.NEW
+    assert cache.begin(key(1), now=4.0).reply == bytes([1])
+    assert cache.begin(key(0), now=4.0).kind is HitKind.NEW
 
 
 def test_completion_moves_entry_to_the_young_end() -> None:
@@ -94,13 +93,26 @@ def test_completion_moves_entry_to_the_young_end() -> None:
     assert cache.begin(key(0), now=0.4).reply == b"zero"
 
 
-def test_completing_an_evicted_key_does_not_grow_the_cache() -> None:
-    """complete on a key evicted meanwhile stores nothing."""
+def test_in_progress_keys_are_never_evicted() -> None:
+    """However full the cache, a key being processed stays IN_PROGRESS: a
+    retransmission must not run the handler twice."""
     cache = ReplyCache(max_entries=1)
     cache.begin(key(0), now=0.0)
-    cache.begin(key(1), now=0.0)
+    for n in range(1, 5):
+        cache.begin(key(n), now=0.0)
+        cache.complete(key(n), b"x", now=0.0)
+    assert cache.begin(key(0), now=0.1).kind is HitKind.IN_PROGRESS
     cache.complete(key(0), b"late", now=1.0)
-    assert len(cache) == 1
+    assert cache.begin(key(0), now=1.0).reply == b"late"
+
+
+def test_completing_a_forgotten_key_stores_nothing() -> None:
+    """complete on a key forgotten meanwhile stores nothing."""
+    cache = ReplyCache(max_entries=1)
+    cache.begin(key(0), now=0.0)
+    cache.forget(key(0))
+    cache.complete(key(0), b"late", now=1.0)
+    assert len(cache) == 0
     assert cache.begin(key(0), now=1.0).kind is HitKind.NEW
 
 

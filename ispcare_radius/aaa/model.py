@@ -65,9 +65,10 @@ class Subscriber:
     password: Secret | None
     account_ref: str | None = None
     expires_at: datetime | None = None
-    static_ipv4: ipaddress.IPv4Address | None = None
-    static_ipv6_prefix: ipaddress.IPv6Network | None = None
-    mac_lock: bytes | None = None  # 6 bytes
+    # Personal: kept out of reprs (and so out of logs and tracebacks).
+    static_ipv4: ipaddress.IPv4Address | None = field(default=None, repr=False)
+    static_ipv6_prefix: ipaddress.IPv6Network | None = field(default=None, repr=False)
+    mac_lock: bytes | None = field(default=None, repr=False)  # 6 bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +107,8 @@ class AuthEvent:
     nas_id: int
     result: AuthResult
     reason: str
-    user_name: str
-    calling_station_id: str | None = None
-    nas_ip: str | None = None
+    user_name: str = field(repr=False)
+    calling_station_id: str | None = field(default=None, repr=False)
+    nas_ip: str | None = field(default=None, repr=False)
     method: str = "pap"
     flags: tuple[str, ...] = field(default=())

@@ -19,6 +19,7 @@ class Outcome(StrEnum):
 
     ACCEPT = "accept"
     NO_USER_NAME = "no_user_name"
+    MALFORMED_USER_NAME = "malformed_user_name"
     NO_CREDENTIALS = "no_credentials"
     UNSUPPORTED_METHOD = "unsupported_method"
     MALFORMED_PASSWORD = "malformed_password"
@@ -48,6 +49,7 @@ _BASE_TABLE: Mapping[Outcome, int | None] = MappingProxyType(
     {
         Outcome.ACCEPT: int(Code.ACCESS_ACCEPT),
         Outcome.NO_USER_NAME: _REJECT,
+        Outcome.MALFORMED_USER_NAME: _REJECT,
         Outcome.NO_CREDENTIALS: _REJECT,
         Outcome.UNSUPPORTED_METHOD: _REJECT,
         Outcome.MALFORMED_PASSWORD: _REJECT,

@@ -57,7 +57,12 @@ def read_credentials(attempt: Attempt, now: float) -> Outcome | None:
     raw_name = packet.get(USER_NAME)
     if not raw_name:
         return Outcome.NO_USER_NAME
-    attempt.user_name = raw_name.decode("utf-8", "replace")
+    try:
+        # RFC 2865 section 5.1: the User-Name is UTF-8 text (RFC 3629). Bytes
+        # that are not would all collapse into one replacement-character name.
+        attempt.user_name = raw_name.decode("utf-8")
+    except UnicodeDecodeError:
+        return Outcome.MALFORMED_USER_NAME
     hidden = packet.get(USER_PASSWORD)
     if hidden is None:
         if packet.get(CHAP_PASSWORD) is not None or packet.get(EAP_MESSAGE) is not None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from ispcare_radius.aaa.model import Nas, Plan, Subscriber
 from ispcare_radius.aaa.outcome import REPLY_MESSAGES, Outcome
-from ispcare_radius.aaa.vendors import profile
+from ispcare_radius.aaa.vendors import known_vendors, profile
 from ispcare_radius.protocol.dictionary import Dictionary
 
 # RFC 2865 attribute headers (type, length) of the per-subscriber values.
 _SESSION_TIMEOUT = bytes((27, 6))
 _FRAMED_IP_ADDRESS = bytes((8, 6))
+# (vendor, code) of attributes a plan may not set: User-Password, CHAP-Password,
+# Proxy-State, EAP-Message, Message-Authenticator, State.
+_SERVER_OWNED = frozenset({(0, 2), (0, 3), (0, 33), (0, 79), (0, 80), (0, 24)})
 
 
 class ReplyRenderer:
@@ -95,6 +98,23 @@ class ReplyRenderer:
         cached = self._plan_cache[key] = bytes(out)
         return cached
 
-    def check_plan(self, plan: Plan, vendor: str = "generic") -> None:
-        """Raise ValueError if ``plan`` cannot be encoded (unknown extra attribute)."""
-        self._plan_part(plan, vendor)
+    def check_plan(self, plan: Plan) -> None:
+        """Raise ValueError (one line, naming the attribute) if ``plan`` cannot be sent.
+
+        Extra reply attributes must exist in the dictionary, parse as their
+        type, and not be ones the server owns (Message-Authenticator,
+        Proxy-State, EAP-Message) or that carry credentials.
+        """
+        for name, text in plan.extra_reply:
+            try:
+                defn = self._dict.by_name(name)
+            except KeyError:
+                raise ValueError(f"unknown reply attribute {name!r}") from None
+            if (defn.vendor, defn.code) in _SERVER_OWNED or defn.encrypt:
+                raise ValueError(f"{defn.name} cannot be a plan reply attribute")
+            try:
+                self._dict.encode(defn.name, text)
+            except (ValueError, TypeError, OverflowError):
+                raise ValueError(f"bad value for {defn.name}") from None
+        for vendor in known_vendors():
+            self._plan_part(plan, vendor)

@@ -6,7 +6,7 @@ Imports protocol and the aaa model only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ispcare_radius.aaa.model import Nas
 from ispcare_radius.protocol.packet import Packet
@@ -18,7 +18,7 @@ class Request:
 
     packet: Packet
     nas: Nas
-    source: tuple[str, int]
+    source: tuple[str, int] = field(repr=False)
     received_at: float
     # None: no Message-Authenticator; True: present and valid.
     message_authenticator: bool | None
@@ -36,4 +36,4 @@ class Reply:
     code: int | None
     attributes: bytes = b""
     reason: str = ""
-    user_name: str | None = None
+    user_name: str | None = field(default=None, repr=False)

@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ispcare_radius.aaa.model import Plan
+from ispcare_radius.aaa.reply import ReplyRenderer
 from ispcare_radius.cli.args import die
 from ispcare_radius.cli.config import Config, ConfigError
-from ispcare_radius.cli.runtime import Store, open_store
+from ispcare_radius.cli.runtime import Store, load_dictionaries, open_store
 from ispcare_radius.privacy.blind import normalize_mac
 from ispcare_radius.privacy.keys import KeyFileError, init_key_file
 from ispcare_radius.store.importer import parse_import_csv
@@ -36,8 +38,10 @@ async def run_admin(config: Config, args: argparse.Namespace) -> int:
             applied = store.applied_migrations
             print(f"applied migrations: {applied}" if applied else "database is up to date")
         return 0
-    handler = {"nas": _nas, "plan": _plan, "subscriber": _subscriber}[args.command]
     async with open_store(config) as store:
+        if args.command == "plan":
+            return await _plan(store, args, config)
+        handler = {"nas": _nas, "subscriber": _subscriber}[args.command]
         return await handler(store, args)
 
 
@@ -116,9 +120,14 @@ _PLAN_FIELDS = {
 }
 
 
-async def _plan(store: Store, args: argparse.Namespace) -> int:
+async def _plan(store: Store, args: argparse.Namespace, config: Config) -> int:
     if args.action == "add":
         fields = {dst: getattr(args, src) for src, dst in _PLAN_FIELDS.items()}
+        candidate = Plan(id=0, name=args.name, extra_reply=tuple(args.reply), **fields)
+        try:
+            ReplyRenderer(load_dictionaries(config.dictionary_dirs)).check_plan(candidate)
+        except ValueError as exc:
+            die(f"plan {args.name!r}: {exc}", 2)
         try:
             plan = await store.plans.add(name=args.name, extra_reply=tuple(args.reply), **fields)
         except ValueError as exc:
@@ -151,6 +160,10 @@ def _read_password(args: argparse.Namespace, *, required: bool) -> str | None:
     if args.password is not None:
         if not args.password:
             die("empty password")
+        sys.stderr.write(
+            "ispcare-radius: warning: a password on the command line is visible to other "
+            "users and kept in shell history; prefer --password-stdin\n"
+        )
         return str(args.password)
     if required:
         if not sys.stdin.isatty():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import sys
 from datetime import UTC, datetime
 from typing import NoReturn
@@ -34,8 +35,8 @@ def speed_kbps(text: str) -> int:
         value = float(t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"bad speed {text!r} (try 10M or 512k)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("speed must be positive")
+    if not math.isfinite(value) or value <= 0 or value * factor > 100_000_000_000:
+        raise argparse.ArgumentTypeError("speed must be positive and at most 100T")
     return int(value * factor)
 
 

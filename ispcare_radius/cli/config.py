@@ -212,13 +212,21 @@ def load_config(
     dsn = overrides.get("dsn") or env.get("ISPCARE_DSN") or db.get("dsn") or None
     database = DatabaseConfig(
         dsn=dsn,
-        embedded_dir=Path(db.get("embedded_dir") or state / "pgdata"),
+        embedded_dir=Path(db.get("embedded_dir") or state / "pgdata").expanduser(),
         pool_min=int(db.get("pool_min", 2)),
         pool_max=int(db.get("pool_max", 10)),
         command_timeout=float(db.get("command_timeout", 5.0)),
     )
     if database.pool_min < 1 or database.pool_max < database.pool_min:
         raise ConfigError("database.pool_min must be >= 1 and <= database.pool_max")
+    if database.command_timeout <= 0:
+        raise ConfigError("database.command_timeout must be positive")
+    for name, count in (
+        ("auth.cache_max_entries", auth.get("cache_max_entries", 1)),
+        ("auth_events.max_queue", ev.get("max_queue", 1)),
+    ):
+        if int(count) < 1:
+            raise ConfigError(f"{name} must be at least 1")
 
     key_file = (
         overrides.get("master_key_file")
@@ -226,7 +234,9 @@ def load_config(
         or doc.get("keys", {}).get("master_key_file")
         or state / "master.key"
     )
-    extra = tuple(Path(str(p)) for p in doc.get("dictionaries", {}).get("extra_dirs", []))
+    extra = tuple(
+        Path(str(p)).expanduser() for p in doc.get("dictionaries", {}).get("extra_dirs", [])
+    )
     for d in extra:
         if not d.exists():
             raise ConfigError(f"dictionaries.extra_dirs: {d} does not exist")
@@ -249,7 +259,7 @@ def load_config(
         server=server,
         auth=AuthSettings(on_store_failure=on_failure),
         database=database,
-        master_key_file=Path(key_file),
+        master_key_file=Path(key_file).expanduser(),
         dictionary_dirs=(repo_dictionaries(), *extra),
         cache=CacheConfig(
             ttl=positive["auth.cache_ttl"],

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from ispcare_radius.aaa.ports import StoreUnavailable
 from ispcare_radius.cli.args import build_parser
 from ispcare_radius.cli.config import Config, ConfigError, load_config
@@ -64,6 +66,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as exc:
         sys.stderr.write(f"ispcare-radius: error: {exc.strerror or exc}\n")
+        return 1
+    except asyncpg.PostgresError as exc:
+        # The SQLSTATE names the failure; the message may quote values.
+        sys.stderr.write(f"ispcare-radius: error: database error {exc.sqlstate}\n")
+        return 1
+    except Exception as exc:  # never a traceback: name the failure, not its values
+        sys.stderr.write(f"ispcare-radius: error: unexpected {type(exc).__name__}\n")
         return 1
     except KeyboardInterrupt:
         return 130

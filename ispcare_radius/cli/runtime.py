@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import structlog
 
 from ispcare_radius.cli.config import Config, ConfigError
+from ispcare_radius.privacy.crypto import DecryptError
 from ispcare_radius.privacy.keys import KeyFileError, MasterKeys, init_key_file, load_master_keys
+from ispcare_radius.protocol.dictfile import load_dictionary
+from ispcare_radius.protocol.dictionary import Dictionary
 from ispcare_radius.store.db import connect
 from ispcare_radius.store.embedded import EmbeddedPostgres, start_embedded
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys, load_system_keys
@@ -22,6 +26,23 @@ from ispcare_radius.store.migrate import migrate
 from ispcare_radius.store.nas import NasRepository
 from ispcare_radius.store.plans import PlanRepository
 from ispcare_radius.store.subscribers import SubscriberRepository
+
+
+def load_dictionaries(dirs: tuple[Path, ...]) -> Dictionary:
+    """Every dictionary directory's top ``dictionary`` file, in order."""
+    paths = []
+    for d in dirs:
+        top = d / "dictionary" if d.is_dir() else d
+        if not top.exists():
+            raise ConfigError(f"no dictionary file in {d}")
+        paths.append(top)
+    dictionary, warnings = load_dictionary(paths)
+    log = structlog.get_logger("ispcare_radius.dictionary")
+    for w in warnings[:20]:
+        log.warning("dictionary_line_skipped", detail=w)
+    if len(warnings) > 20:
+        log.warning("dictionary_lines_skipped", count=len(warnings))
+    return dictionary
 
 
 @dataclass
@@ -63,15 +84,27 @@ async def open_store(config: Config, *, create_master_key: bool = False) -> Asyn
     masters = read_master_keys(config.master_key_file, create=create_master_key)
     dsn, embedded = await database_dsn(config)
     try:
-        pool = await connect(
-            dsn,
-            min_size=config.database.pool_min,
-            max_size=config.database.pool_max,
-            command_timeout=config.database.command_timeout,
-        )
+        try:
+            pool = await connect(
+                dsn,
+                min_size=config.database.pool_min,
+                max_size=config.database.pool_max,
+                command_timeout=config.database.command_timeout,
+            )
+        except ValueError:  # asyncpg's message may quote the DSN, password included
+            raise ConfigError("the database DSN is not valid") from None
+        except asyncpg.InvalidAuthorizationSpecificationError:
+            raise ConfigError("the database refused the DSN's user or password") from None
+        except asyncpg.InvalidCatalogNameError:
+            raise ConfigError("the DSN's database does not exist") from None
         try:
             applied = await migrate(pool)
-            keys = await load_system_keys(pool, masters)
+            try:
+                keys = await load_system_keys(pool, masters)
+            except DecryptError:
+                raise ConfigError(
+                    "the master key does not open this database's keys (wrong key file?)"
+                ) from None
             data_keys = DataKeyCache(masters)
             yield Store(
                 pool=pool,

@@ -11,17 +11,14 @@ import secrets
 import signal
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import structlog
 
 from ispcare_radius.aaa.pipeline import AccessHandler
 from ispcare_radius.aaa.reply import ReplyRenderer
 from ispcare_radius.cli.config import Config, ConfigError
-from ispcare_radius.cli.runtime import Store, open_store
+from ispcare_radius.cli.runtime import Store, load_dictionaries, open_store
 from ispcare_radius.privacy.logsetup import configure_logging
-from ispcare_radius.protocol.dictfile import load_dictionary
-from ispcare_radius.protocol.dictionary import Dictionary
 from ispcare_radius.server.app import RadiusServer
 from ispcare_radius.server.clients import ClientTable
 from ispcare_radius.store.directory import CachedSubscriberDirectory
@@ -31,23 +28,6 @@ from ispcare_radius.store.partitions import ensure_partitions
 DEMO_NAS = "local-nas"
 DEMO_PLAN = "demo-10M"
 DEMO_USER = "demo"
-
-
-def load_dictionaries(dirs: tuple[Path, ...]) -> Dictionary:
-    """Every dictionary directory's top ``dictionary`` file, in order."""
-    paths = []
-    for d in dirs:
-        top = d / "dictionary" if d.is_dir() else d
-        if not top.exists():
-            raise ConfigError(f"no dictionary file in {d}")
-        paths.append(top)
-    dictionary, warnings = load_dictionary(paths)
-    log = structlog.get_logger("ispcare_radius.dictionary")
-    for w in warnings[:20]:
-        log.warning("dictionary_line_skipped", detail=w)
-    if len(warnings) > 20:
-        log.warning("dictionary_lines_skipped", count=len(warnings))
-    return dictionary
 
 
 async def ensure_demo(store: Store) -> tuple[str, str]:
@@ -93,6 +73,16 @@ async def serve(config: Config, *, demo: bool = False) -> int:
         if demo:
             secret, password = await ensure_demo(store)
             demo_line = f"radtest {DEMO_USER} {password} 127.0.0.1:{_auth_port(config)} 0 {secret}"
+        renderer = ReplyRenderer(dictionary)
+        for plan in await store.plans.list():
+            try:
+                renderer.check_plan(plan)
+            except ValueError as exc:
+                raise ConfigError(f"plan {plan.name!r}: {exc}") from None
+        try:
+            clients = ClientTable(await store.nas.list())
+        except ValueError as exc:
+            raise ConfigError(f"NAS table: {exc}") from None
         directory = CachedSubscriberDirectory(
             store.pool,
             store.keys,
@@ -111,10 +101,9 @@ async def serve(config: Config, *, demo: bool = False) -> int:
         handler = AccessHandler(
             directory=directory,
             events=events,
-            renderer=ReplyRenderer(dictionary),
+            renderer=renderer,
             settings=config.auth,
         )
-        clients = ClientTable(await store.nas.list())
         server = RadiusServer(config.server, clients, auth_handler=handler, acct_handler=None)
         await directory.start_listening()
         await ensure_partitions(store.pool, now=datetime.now(UTC))

@@ -44,6 +44,14 @@ PERSONAL_KEYS: Final = frozenset(
         "user_name",
         "username",
         "mac",
+        "mac_lock",
+        "static_ipv4",
+        "static_ipv6_prefix",
+        "ip",
+        "source",
+        "address",
+        "client_address",
+        "source_address",
         "calling_station_id",
         "called_station_id",
         "nas_ip",
@@ -60,7 +68,17 @@ PERSONAL_KEYS: Final = frozenset(
         "peer",
     }
 )
-PERSONAL_SUFFIXES: Final = ("_ip", "_ip_address", "_mac", "_user_name", "_username", "_station_id")
+PERSONAL_SUFFIXES: Final = (
+    "_ip",
+    "_ip_address",
+    "_ipv4",
+    "_ipv6",
+    "_ipv6_prefix",
+    "_mac",
+    "_user_name",
+    "_username",
+    "_station_id",
+)
 MASK: Final = "***"
 REDACTED: Final = "<redacted>"
 _MAX_DEPTH: Final = 6

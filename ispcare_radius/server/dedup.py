@@ -52,11 +52,11 @@ class ReplyCache:
     """Bounded map from ``CacheKey`` to in-progress or answered (reply bytes).
 
     Answered entries live ``ttl`` seconds after ``complete``; in-progress
-    entries live until ``complete`` (the server always calls it) or until the
-    bound evicts them.  When full, the oldest entry is evicted first.
+    entries live until ``complete`` (the server always calls it) and are never
+    evicted; when full, the oldest answered entry is evicted first.
     """
 
-    __slots__ = ("_entries", "evicted", "max_entries", "ttl")
+    __slots__ = ("_answered", "_in_progress", "evicted", "max_entries", "ttl")
 
     def __init__(self, *, ttl: float = 30.0, max_entries: int = 100_000) -> None:
         if ttl <= 0:
@@ -66,34 +66,32 @@ class ReplyCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self.evicted = 0
-        # key -> (reply, expiry); reply None means in progress (expiry unused).
-        # Ordered by last state change: begin appends, complete moves to the end,
-        # so answered entries at the front are the first to expire.
-        self._entries: OrderedDict[CacheKey, tuple[bytes | None, float]] = OrderedDict()
+        # Answered keys -> (reply, expiry), oldest answer first, so the front is
+        # the first to expire and the first to be evicted. Keys being processed
+        # live apart: they are bounded by the server's max_in_flight, never
+        # evicted (evicting one would let a retransmission run the handler twice).
+        self._answered: OrderedDict[CacheKey, tuple[bytes, float]] = OrderedDict()
+        self._in_progress: set[CacheKey] = set()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._answered) + len(self._in_progress)
 
     def __repr__(self) -> str:
-        return f"ReplyCache(entries={len(self._entries)}, ttl={self.ttl})"
+        return f"ReplyCache(entries={len(self)}, ttl={self.ttl})"
 
     def begin(self, key: CacheKey, now: float) -> Hit:
         """Look ``key`` up and, when it is new, mark it in progress."""
-        entries = self._entries
-        entry = entries.get(key)
+        if key in self._in_progress:
+            return IN_PROGRESS
+        answered = self._answered
+        entry = answered.get(key)
         if entry is not None:
             reply, expires = entry
-            if reply is None:
-                return IN_PROGRESS
             if expires > now:
                 return Hit(HitKind.ANSWERED, reply)
             # Expired: a fresh request that happens to repeat the key.
-            del entries[key]
-        self._purge(now)
-        if len(entries) >= self.max_entries:
-            entries.popitem(last=False)
-            self.evicted += 1
-        entries[key] = (None, 0.0)
+            del answered[key]
+        self._in_progress.add(key)
         return NEW
 
     def complete(self, key: CacheKey, reply: bytes | None, now: float) -> None:
@@ -101,33 +99,35 @@ class ReplyCache:
 
         No reply forgets the key, so the NAS's retransmission is processed
         again (a failed accounting write must be retried, not ignored).
-        A key evicted meanwhile is not re-added.
+        A key that was not in progress (forgotten meanwhile) is not added.
         """
-        entries = self._entries
-        if key not in entries:
+        if key not in self._in_progress:
             return
+        self._in_progress.discard(key)
         if reply is None:
-            del entries[key]
             return
-        entries[key] = (reply, now + self.ttl)
-        entries.move_to_end(key)
+        answered = self._answered
+        self._purge(now)
+        if len(answered) >= self.max_entries:
+            answered.popitem(last=False)
+            self.evicted += 1
+        answered[key] = (reply, now + self.ttl)
 
     def forget(self, key: CacheKey) -> None:
         """Drop ``key`` whatever its state (the request was discarded)."""
-        self._entries.pop(key, None)
+        self._in_progress.discard(key)
+        self._answered.pop(key, None)
 
     def _purge(self, now: float) -> None:
-        entries = self._entries
-        while entries:
-            key, (reply, expires) = next(iter(entries.items()))
-            if reply is None or expires > now:
-                # An in-progress entry at the front stops the sweep; the bound
-                # still holds, and expired entries behind it are checked on hit.
+        answered = self._answered
+        while answered:
+            key, (_, expires) = next(iter(answered.items()))
+            if expires > now:
                 return
-            del entries[key]
+            del answered[key]
 
     def purge(self, now: float) -> int:
         """Remove expired answered entries from the front; returns how many went."""
-        before = len(self._entries)
+        before = len(self._answered)
         self._purge(now)
-        return before - len(self._entries)
+        return before - len(self._answered)
