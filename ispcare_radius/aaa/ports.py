@@ -5,9 +5,12 @@ Only ``typing.Protocol`` definitions and the one exception storage may raise.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ispcare_radius.aaa.model import AuthEvent, Subscriber
+
+if TYPE_CHECKING:  # the accounting values live with their handler, which imports this module
+    from ispcare_radius.aaa.accounting import AcctRecord, Recorded
 
 
 class StoreUnavailable(Exception):
@@ -28,4 +31,12 @@ class SubscriberDirectory(Protocol):
 class AuthEventSink(Protocol):
     def submit(self, event: AuthEvent) -> None:
         """Queue ``event`` to be written off the reply path; never blocks."""
+        ...
+
+
+class AccountingRecorder(Protocol):
+    async def record(self, record: AcctRecord) -> Recorded:
+        """Return once ``record`` is committed to durable storage (or found
+        already stored: ``Recorded.DUPLICATE``). Raises StoreUnavailable when
+        it is not durable; the caller must then not acknowledge it."""
         ...
