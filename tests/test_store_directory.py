@@ -208,3 +208,128 @@ async def test_tampered_row_is_store_unavailable(
     assert await directory.by_user_name("ivan") is not None
     with pytest.raises(StoreUnavailable):
         await directory.by_user_name("judy")
+
+
+async def test_notify_discards_the_erased_subscribers_data_key(
+    pg_pool: Pool, system_keys: SystemKeys, master_keys: MasterKeys, repo: SubscriberRepository
+) -> None:
+    """A removal hint drops the subscriber's unwrapped data key from the server's key cache."""
+    server_keys = DataKeyCache(master_keys)  # the repository (CLI) has its own cache
+    directory = CachedSubscriberDirectory(pg_pool, system_keys, server_keys, poll_interval=None)
+    keep = await repo.add("kept", "pw", plan=None)
+    sid = await repo.add("erased", "pw", plan=None)
+    await directory.start_listening()
+    try:
+        assert await directory.by_user_name("erased") is not None
+        assert await directory.by_user_name("kept") is not None
+        assert server_keys.cached(sid) is not None
+        seen = directory.notifications
+        await repo.remove("erased")
+        await asyncio.wait_for(directory.wait_for_notifications(seen + 1), timeout=10)
+        assert server_keys.cached(sid) is None
+        assert server_keys.cached(keep) is not None
+    finally:
+        await directory.stop()
+
+
+async def test_flood_of_unknown_names_cannot_evict_subscribers(
+    pg_pool: Pool, system_keys: SystemKeys, data_keys: DataKeyCache, repo: SubscriberRepository
+) -> None:
+    """Unknown names fill their own bounded cache; cached subscribers stay served."""
+    small = CachedSubscriberDirectory(
+        pg_pool, system_keys, data_keys, max_entries=2, negative_max_entries=10
+    )
+    await repo.add("real-1", "pw", plan=None)
+    await repo.add("real-2", "pw", plan=None)
+    assert await small.by_user_name("real-1") is not None
+    assert await small.by_user_name("real-2") is not None
+    for i in range(50):
+        assert await small.by_user_name(f"random-{i}@example.test") is None
+    assert (len(small), small.unknown_cached) == (2, 10)
+    pg_pool.terminate()  # from here on, only the cache can answer
+    assert await small.by_user_name("real-1") is not None
+    assert await small.by_user_name("real-2") is not None
+    assert await small.by_user_name("random-49@example.test") is None  # newest kept
+    with pytest.raises(StoreUnavailable):
+        await small.by_user_name("random-0@example.test")  # oldest evicted
+
+
+async def test_invalidate_drops_one_subscriber_and_the_unknown_names(
+    directory: CachedSubscriberDirectory, repo: SubscriberRepository, pg_pool: Pool
+) -> None:
+    """invalidate(id) drops that subscriber and the unknown names, and keeps other subscribers."""
+    a = await repo.add("anna", "pw", plan=None)
+    await repo.add("bert", "pw", plan=None)
+    for name in ("anna", "bert", "nobody"):
+        await directory.by_user_name(name)
+    directory.invalidate(a)
+    assert (len(directory), directory.unknown_cached) == (1, 0)
+    misses = directory.misses
+    await directory.by_user_name("bert")
+    assert directory.misses == misses
+    await directory.by_user_name("anna")
+    await directory.by_user_name("nobody")
+    assert directory.misses == misses + 2
+
+
+async def test_poll_sees_an_update_made_without_notify(
+    directory: CachedSubscriberDirectory, repo: SubscriberRepository, pg_pool: Pool
+) -> None:
+    """A plain-SQL UPDATE that sets updated_at is seen after one poll_changes() call."""
+    sid = await repo.add("olga", "pw", plan=None)
+    assert await directory.poll_changes() == 0  # nothing cached yet: nothing to check
+    before = await directory.by_user_name("olga")
+    assert before is not None and before.status is SubscriberStatus.ACTIVE
+    await pg_pool.execute(
+        "UPDATE subscribers SET status = 'suspended', updated_at = now() WHERE id = $1", sid
+    )
+    still = await directory.by_user_name("olga")
+    assert still is not None and still.status is SubscriberStatus.ACTIVE  # cached, no hint
+    assert await directory.poll_changes() == 1
+    after = await directory.by_user_name("olga")
+    assert after is not None and after.status is SubscriberStatus.SUSPENDED
+    assert await directory.poll_changes() == 0  # the same change is dropped once only
+    assert (await directory.by_user_name("olga")) == after
+    assert directory.hits == 2
+
+
+async def test_start_listening_starts_the_poll_loop(
+    pg_pool: Pool, system_keys: SystemKeys, master_keys: MasterKeys, repo: SubscriberRepository
+) -> None:
+    """start_listening() starts the poll loop, which drops a row changed without NOTIFY."""
+    directory = CachedSubscriberDirectory(
+        pg_pool, system_keys, DataKeyCache(master_keys), poll_interval=0.01
+    )
+    sid = await repo.add("pia", "pw", plan=None)
+    await directory.start_listening()
+    try:
+        assert await directory.by_user_name("pia") is not None
+        await pg_pool.execute(
+            "UPDATE subscribers SET status = 'expired', updated_at = now() WHERE id = $1", sid
+        )
+        await asyncio.wait_for(directory.wait_for_polls(directory.polls + 2), timeout=10)
+        after = await directory.by_user_name("pia")
+        assert after is not None and after.status is SubscriberStatus.EXPIRED
+    finally:
+        await directory.stop()
+
+
+async def test_repointed_lookup_row_finds_nobody(
+    directory: CachedSubscriberDirectory, repo: SubscriberRepository, pg_pool: Pool
+) -> None:
+    """A user-name lookup row repointed to another subscriber gives None, not that subscriber."""
+    a = await repo.add("quinn", "pw-q", plan=None)
+    b = await repo.add("rosa", "pw-r", plan=None)
+    await pg_pool.execute(
+        "UPDATE subscriber_lookup SET subscriber_id = $2"
+        " WHERE kind = 'user_name' AND subscriber_id = $1",
+        a,
+        b,
+    )
+    assert await directory.by_user_name("quinn") is None
+    assert directory.mismatches == 1
+    found = await directory.by_user_name("rosa")
+    assert found is not None and found.id == b
+    directory.clear()
+    assert await directory.prewarm() == 1  # rosa, once; the repointed row is skipped
+    assert directory.mismatches == 2

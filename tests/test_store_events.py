@@ -5,17 +5,23 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 from ispcare_radius.aaa.model import AuthEvent, AuthResult
 from ispcare_radius.aaa.ports import AuthEventSink
 from ispcare_radius.privacy.crypto import DecryptError
 from ispcare_radius.privacy.keys import MasterKeys
-from ispcare_radius.store.db import Pool
+from ispcare_radius.store.db import Pool, connect
 from ispcare_radius.store.events import AuthEventWriter, event_aad
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
-from ispcare_radius.store.partitions import drop_partitions_before, ensure_partitions
+from ispcare_radius.store.partitions import (
+    apply_retention,
+    drop_partitions_before,
+    ensure_partitions,
+)
 from ispcare_radius.store.subscribers import SubscriberRepository
 
 T0 = datetime(2030, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -23,15 +29,29 @@ CSI = "02-11-22-33-44-55"
 NAS_IP = "198.51.100.23"
 
 
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def event(
-    sid: int | None, user: str, i: int = 0, result: AuthResult = AuthResult.ACCEPT
+    sid: int | None,
+    user: str,
+    i: int = 0,
+    result: AuthResult = AuthResult.ACCEPT,
+    reason: str | None = None,
 ) -> AuthEvent:
     return AuthEvent(
         time=T0 + timedelta(seconds=i),
         subscriber_id=sid,
         nas_id=1,
         result=result,
-        reason="ok" if result is AuthResult.ACCEPT else "unknown_user",
+        reason=reason or ("ok" if result is AuthResult.ACCEPT else "unknown_user"),
         user_name=user,
         calling_station_id=CSI,
         nas_ip=NAS_IP,
@@ -117,14 +137,22 @@ async def test_full_queue_drops_oldest(
 
 
 async def test_events_of_an_erased_subscriber_are_dropped(
-    writer: AuthEventWriter, repo: SubscriberRepository, pg_pool: Pool
+    pg_pool: Pool, system_keys: SystemKeys, master_keys: MasterKeys
 ) -> None:
-    """An event whose subscriber was erased before the flush is dropped, not written."""
+    """An event of a subscriber erased by another process is dropped though its key is cached."""
+    # Two processes, two key caches: the CLI erases, the server writes events.
+    cli_keys, server_keys = DataKeyCache(master_keys), DataKeyCache(master_keys)
+    repo = SubscriberRepository(pg_pool, system_keys, master_keys, cli_keys)
+    writer = AuthEventWriter(pg_pool, system_keys, server_keys)
     sid = await repo.add("gone", "pw", plan=None)
-    writer.submit(event(sid, "gone"))
-    await repo.remove("gone")
+    writer.submit(event(sid, "gone", 0))
     await writer.flush()
-    assert (writer.written, writer.dropped) == (0, 1)
+    assert writer.written == 1 and server_keys.cached(sid) is not None
+    writer.submit(event(sid, "gone", 1))
+    assert await repo.remove("gone") is True
+    assert server_keys.cached(sid) is not None  # the erasure ran elsewhere
+    await writer.flush()
+    assert (writer.written, writer.dropped, writer.failed) == (1, 1, 0)
     assert await pg_pool.fetchval("SELECT count(*) FROM auth_events") == 0
 
 
@@ -146,19 +174,121 @@ async def test_background_flusher_writes_and_stop_flushes_rest(
     assert await pg_pool.fetchval("SELECT count(*) FROM auth_events") == 101
 
 
-async def test_write_failures_are_retried_then_counted(
+async def test_unavailable_database_is_retried_with_backoff_then_given_up(
     pg_pool: Pool, system_keys: SystemKeys, data_keys: DataKeyCache
 ) -> None:
-    """With the database gone, a batch is kept for max_attempts flushes, then counted failed."""
-    writer = AuthEventWriter(pg_pool, system_keys, data_keys, max_attempts=3)
+    """With the database gone, retry delays double up to max_backoff; give_up_after ends them."""
+    clock = Clock()
+    writer = AuthEventWriter(
+        pg_pool,
+        system_keys,
+        data_keys,
+        flush_interval=0.2,
+        max_backoff=1.0,
+        give_up_after=10.0,
+        clock=clock,
+    )
     for i in range(4):
         writer.submit(event(None, "x", i, AuthResult.REJECT))
     pg_pool.terminate()
     await writer.flush()
+    assert writer.write_errors == 1
+    schedule = []
+    for _ in range(5):
+        due = writer.retry_at
+        assert due is not None
+        errors = writer.write_errors
+        clock.now = due - 0.01
+        await writer.flush()  # not yet due: no attempt
+        assert writer.write_errors == errors
+        clock.now = due
+        await writer.flush()
+        assert writer.write_errors == errors + 1
+        schedule.append(round(due, 6))
+    assert schedule == [0.2, 0.6, 1.4, 2.4, 3.4]  # +0.4, +0.8, then capped at +1.0
+    assert (writer.failed, len(writer)) == (0, 4)
+    clock.now = 9.99  # an attempt just short of give_up_after keeps the batch
     await writer.flush()
-    assert (writer.failed, writer.write_errors, len(writer)) == (0, 2, 4)
+    assert (writer.failed, len(writer)) == (0, 4)
+    assert writer.retry_at is not None and round(writer.retry_at, 6) == 10.99
+    clock.now = 10.99  # the first attempt past it gives up
     await writer.flush()
-    assert (writer.failed, writer.write_errors, len(writer), writer.written) == (4, 3, 0, 0)
+    assert (writer.failed, len(writer), writer.written) == (4, 0, 0)
+    assert writer.retry_at is None
+
+
+async def test_events_keep_queueing_while_a_batch_waits(
+    pg_pool: Pool, system_keys: SystemKeys, data_keys: DataKeyCache
+) -> None:
+    """While a batch waits for the database, new events queue up to max_queue, oldest dropped."""
+    writer = AuthEventWriter(
+        pg_pool, system_keys, data_keys, max_queue=10, batch_size=4, clock=Clock()
+    )
+    for i in range(4):
+        writer.submit(event(None, "x", i, AuthResult.REJECT))
+    pg_pool.terminate()
+    await writer.flush()
+    assert (writer.write_errors, len(writer)) == (1, 4)
+    for i in range(15):
+        writer.submit(event(None, "y", 100 + i, AuthResult.REJECT))
+    assert (writer.dropped, len(writer)) == (5, 14)
+
+
+async def test_batch_is_written_once_the_database_returns(
+    pg_pool: Pool, pg_dsn: str, pg_admin_dsn: str, system_keys: SystemKeys, data_keys: DataKeyCache
+) -> None:
+    """A batch that met a missing database is written at its retry time once it is back."""
+    name = urlsplit(pg_dsn).path.lstrip("/")
+    clock = Clock()
+    pool = await connect(pg_dsn, min_size=0, max_size=2)
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        writer = AuthEventWriter(pool, system_keys, data_keys, flush_interval=0.2, clock=clock)
+        for i in range(3):
+            writer.submit(event(None, "x", i, AuthResult.REJECT))
+        # Refuse new sessions (the fixture's pool reconnects), end the open
+        # ones, then move the database out of the writer's way.
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = $1",
+            name,
+        )
+        await admin.execute(f'ALTER DATABASE "{name}" RENAME TO "{name}_away"')
+        try:
+            await writer.flush()
+            assert (writer.write_errors, writer.written, len(writer)) == (1, 0, 3)
+        finally:
+            await admin.execute(f'ALTER DATABASE "{name}_away" RENAME TO "{name}"')
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        clock.now = 0.1
+        await writer.flush()
+        assert (writer.write_errors, writer.written) == (1, 0)  # waits for its retry time
+        clock.now = 0.2
+        await writer.flush()
+        assert (writer.write_errors, writer.written, writer.failed, len(writer)) == (1, 3, 0, 0)
+    finally:
+        await admin.close()
+        await pool.close()
+    assert await pg_pool.fetchval("SELECT count(*) FROM auth_rejects_unknown") == 3
+
+
+async def test_a_refused_row_does_not_take_its_batch_along(
+    writer: AuthEventWriter, repo: SubscriberRepository, pg_pool: Pool
+) -> None:
+    """A row the database refuses (constraint violation) is counted failed; the rest are written."""
+    await pg_pool.execute(
+        "ALTER TABLE auth_rejects_unknown ADD CONSTRAINT no_poison CHECK (reason <> 'poison')"
+    )
+    sid = await repo.add("nora", "pw", plan=None)
+    for i in range(5):
+        reason = "poison" if i == 2 else None
+        writer.submit(event(None, f"u{i}", i, AuthResult.REJECT, reason=reason))
+    writer.submit(event(sid, "nora", 10))
+    writer.submit(event(sid, "nora", 11))
+    await writer.flush()
+    assert (writer.written, writer.failed, writer.write_errors, len(writer)) == (6, 1, 0, 0)
+    assert await pg_pool.fetchval("SELECT count(*) FROM auth_rejects_unknown") == 4
+    assert await pg_pool.fetchval("SELECT count(*) FROM auth_events") == 2
 
 
 async def test_partitions_created_ahead_take_the_rows(
@@ -192,10 +322,10 @@ def test_event_aad_binds_event_and_subscriber() -> None:
     assert base != event_aad("auth_rejects_unknown", "user_name", a, None)
 
 
-async def test_unreadable_key_fails_its_batch_only(
+async def test_unreadable_key_fails_its_events_only(
     pg_pool: Pool, system_keys: SystemKeys, master_keys: MasterKeys, repo: SubscriberRepository
 ) -> None:
-    """A subscriber key that cannot be unwrapped fails its batch; later batches still write."""
+    """Events of a subscriber whose key cannot be unwrapped fail; the rest is written."""
     a = await repo.add("kim", "pw", plan=None)
     b = await repo.add("lee", "pw", plan=None)
     await pg_pool.execute(
@@ -204,10 +334,43 @@ async def test_unreadable_key_fails_its_batch_only(
         a,
         b,
     )
-    writer = AuthEventWriter(
-        pg_pool, system_keys, DataKeyCache(master_keys), batch_size=1, max_attempts=1
-    )
+    writer = AuthEventWriter(pg_pool, system_keys, DataKeyCache(master_keys), batch_size=2)
     writer.submit(event(b, "lee"))
     writer.submit(event(a, "kim"))
     await writer.flush()
-    assert (writer.failed, writer.written, len(writer)) == (1, 1, 0)
+    assert (writer.failed, writer.written, writer.write_errors, len(writer)) == (1, 1, 0, 0)
+    [row] = await pg_pool.fetch("SELECT subscriber_id FROM auth_events")
+    assert row["subscriber_id"] == a
+
+
+async def test_apply_retention_drops_old_days_per_table(pg_pool: Pool) -> None:
+    """apply_retention drops auth-event days past 180 and unknown-user reject days past 7."""
+    await ensure_partitions(pg_pool, now=T0, days_ahead=9)
+    old = T0 - timedelta(days=3)  # no partition: lands in DEFAULT
+    for table in ("auth_events", "auth_rejects_unknown"):
+        extra = ", subscriber_id" if table == "auth_events" else ""
+        value = ", 1" if table == "auth_events" else ""
+        extra_result = ", result" if table == "auth_events" else ""
+        result_value = ", 'reject'" if table == "auth_events" else ""
+        for when in (old, T0 + timedelta(days=9)):
+            await pg_pool.execute(
+                f"INSERT INTO {table} (time, id, nas_id, reason, method{extra}{extra_result})"
+                f" VALUES ($1, $2, 1, 'r', 'pap'{value}{result_value})",
+                when,
+                uuid.uuid4(),
+            )
+    now = T0 + timedelta(days=185)  # auth events before T0 + 5 days are past 180 days
+    dropped = await apply_retention(pg_pool, now=now)
+    expected_events = [f"auth_events_p{(T0 + timedelta(days=d)):%Y%m%d}" for d in range(5)]
+    expected_rejects = [
+        f"auth_rejects_unknown_p{(T0 + timedelta(days=d)):%Y%m%d}" for d in range(10)
+    ]
+    assert dropped == sorted(expected_events + expected_rejects)
+    assert await pg_pool.fetchval("SELECT count(*) FROM auth_events") == 1  # day 9 is kept
+    assert await pg_pool.fetchval("SELECT count(*) FROM auth_events_default") == 0
+    assert await pg_pool.fetchval("SELECT count(*) FROM auth_rejects_unknown") == 0
+    assert await apply_retention(pg_pool, now=now) == []
+    custom = await apply_retention(pg_pool, now=T0 + timedelta(days=8), auth_events_days=1)
+    assert custom == [f"auth_events_p{(T0 + timedelta(days=d)):%Y%m%d}" for d in range(5, 7)]
+    with pytest.raises(ValueError):
+        await apply_retention(pg_pool, now=now, unknown_rejects_days=0)

@@ -110,3 +110,24 @@ async def test_plan_round_trip(pg_pool: Pool) -> None:
         await repo.add("bad", download_kbps=-1)
     assert await repo.remove("home-50") is True
     assert await repo.list() == []
+
+
+async def test_nas_address_must_be_unique(pg_pool: Pool, system_keys: SystemKeys) -> None:
+    """A second NAS on an existing address or network is refused; other addresses are fine."""
+    repo = NasRepository(pg_pool, system_keys)
+    await repo.add("edge-a", "192.0.2.1", SECRET)
+    await repo.add("edge-net", "198.51.100.0/24", SECRET)
+    with pytest.raises(ValueError, match=r"^a NAS with that address exists$"):
+        await repo.add("edge-b", "192.0.2.1", SECRET)
+    with pytest.raises(ValueError, match=r"^a NAS with that address exists$"):
+        await repo.add("edge-c", " 198.51.100.0/24", SECRET)
+    with pytest.raises(ValueError, match=r"^NAS name already exists$"):
+        await repo.add("edge-a", "192.0.2.9", SECRET)
+    await repo.add("edge-d", "192.0.2.2", SECRET)
+    await repo.add("edge-host-in-net", "198.51.100.7", SECRET)  # a host is not the network
+    assert [n.name for n in await repo.list()] == [
+        "edge-a",
+        "edge-d",
+        "edge-host-in-net",
+        "edge-net",
+    ]

@@ -12,7 +12,10 @@ import pytest
 from ispcare_radius.aaa.model import SubscriberStatus
 from ispcare_radius.privacy.crypto import DecryptError
 from ispcare_radius.privacy.keys import MasterKeys
+from ispcare_radius.store import fields
 from ispcare_radius.store.db import Pool
+from ispcare_radius.store.fields import IndexKind, LookupKind
+from ispcare_radius.store.importer import ImportRow
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
 from ispcare_radius.store.plans import PlanRepository
 from ispcare_radius.store.subscribers import SubscriberRepository
@@ -231,3 +234,54 @@ async def test_pg_dump_holds_no_plaintext(
     assert "ACC-1" in out  # non-personal values are there
     for needle in _needles():
         assert needle.lower() not in out.lower(), needle
+
+
+def test_blind_index_kinds_are_domain_separated(system_keys: SystemKeys) -> None:
+    """The same bytes under two kinds (user name, MAC lock, static IPv4, device MAC) differ."""
+    index = system_keys.blind_index
+    value = b"abcd\x00\x01"
+    blinds = {kind: fields.blind(index, kind, value) for kind in IndexKind}
+    assert len(set(blinds.values())) == len(IndexKind) == 4
+    assert index.full(value) not in blinds.values()
+    assert fields.blind(index, LookupKind.MAC_LOCK, value) == blinds[IndexKind.MAC_LOCK]
+    # the kind ends at its NUL: shifting bytes between kind and value cannot collide
+    assert fields.blind(index, IndexKind.USER_NAME, b"x") != index.full(b"user_name\x00x\x00")
+    searches = {fields.device_mac_search(index, bytes([0x02, 0, 0, 0, 0, i])) for i in range(64)}
+    assert all(0 <= s < 2**16 for s in searches) and len(searches) > 1
+
+
+async def test_equal_bytes_of_two_kinds_get_different_lookup_rows(
+    repo: SubscriberRepository, pg_pool: Pool
+) -> None:
+    """A user name equal to another subscriber's IPv4 or MAC bytes shares no blind index with it."""
+    # "abcd" is the packed form of 97.98.99.100, "abcdef" that of 61:62:63:64:65:66.
+    await repo.add("abcd", "p", plan=None, static_ipv4="97.98.99.100")
+    await repo.add("abcdef", "p", plan=None, mac_lock="61:62:63:64:65:66")
+    await repo.import_rows([ImportRow(user_name="wxyz", static_ipv4="119.120.121.122")])
+    await repo.set("abcdef", static_ipv4="119.120.121.123")
+    kinds = await pg_pool.fetch("SELECT kind, count(*) AS n FROM subscriber_lookup GROUP BY kind")
+    assert {r["kind"]: r["n"] for r in kinds} == {"user_name": 3, "static_ipv4": 3, "mac_lock": 1}
+    shared = await pg_pool.fetchval(
+        "SELECT count(*) FROM (SELECT blind FROM subscriber_lookup"
+        " GROUP BY blind HAVING count(*) > 1) s"
+    )
+    assert shared == 0
+
+
+async def test_repointed_lookup_row_reaches_no_other_subscriber(
+    repo: SubscriberRepository, pg_pool: Pool
+) -> None:
+    """A user-name lookup row repointed to another subscriber makes get/set/remove find nobody."""
+    a = await repo.add("quinn", "pw-q", plan=None)
+    b = await repo.add("rosa", "pw-r", plan=None)
+    await pg_pool.execute(
+        "UPDATE subscriber_lookup SET subscriber_id = $2"
+        " WHERE kind = 'user_name' AND subscriber_id = $1",
+        a,
+        b,
+    )
+    assert await repo.get("quinn") is None
+    assert await repo.set("quinn", status="suspended") is False
+    assert await repo.remove("quinn") is False
+    rosa = await repo.get("rosa")
+    assert rosa is not None and rosa.id == b and rosa.status is SubscriberStatus.ACTIVE

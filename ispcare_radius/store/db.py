@@ -20,10 +20,14 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
 # SQLSTATE classes that mean "the database cannot answer now", not "your query
-# is wrong": 08 connection exception, 53 insufficient resources (too many
-# connections, disk full), 57 operator intervention (shutdown, statement
-# timeout), 58 system error (I/O).
-_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "58"})
+# is wrong": 08 connection exception, 28 invalid authorization specification
+# (role gone or not allowed to log in), 3D invalid catalog name (database
+# missing or renamed), 40 transaction rollback (serialization failure,
+# deadlock, 40001 recovery conflict on a standby), 53 insufficient resources
+# (too many connections, disk full), 57 operator intervention (shutdown,
+# statement timeout), 58 system error (I/O), XX internal error (corruption).
+# Matched by SQLSTATE only (PostgreSQL Appendix A), never by message text.
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "40", "53", "57", "58", "XX"})
 
 DEFAULT_ACQUIRE_TIMEOUT = 5.0
 

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Final
 
 import asyncpg
 
 from ispcare_radius.aaa.model import Subscriber
 from ispcare_radius.aaa.ports import StoreUnavailable
+from ispcare_radius.privacy.blind import normalize_user_name
 from ispcare_radius.privacy.crypto import DecryptError
 from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store import fields
 from ispcare_radius.store.db import Connection, Pool, acquire, unavailable_as_store_error
+from ispcare_radius.store.fields import Column, LookupKind
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
 from ispcare_radius.store.plans import plan_from_record, plan_select_list
 from ispcare_radius.store.subscribers import CHANGE_CHANNEL
@@ -29,22 +33,36 @@ from ispcare_radius.store.subscribers import CHANGE_CHANNEL
 _log = get_logger(__name__)
 
 _SELECT: Final = (
-    "SELECT l.blind, s.id, s.status, s.expires_at, s.account_ref, s.wrapped_key,"
-    " s.password_enc, s.static_ipv4_enc, s.static_ipv6_enc, s.mac_lock_enc, "
+    "SELECT now() AS read_at, l.blind, s.id, s.status, s.expires_at, s.account_ref,"
+    " s.wrapped_key, s.user_name_enc, s.password_enc, s.static_ipv4_enc, s.static_ipv6_enc,"
+    " s.mac_lock_enc, "
     + plan_select_list("p", "plan_")
     + " FROM subscriber_lookup l JOIN subscribers s ON s.id = l.subscriber_id"
     " LEFT JOIN plans p ON p.id = s.plan_id WHERE l.kind = 'user_name'"
 )
+# Changes made without a NOTIFY (the billing system writes subscribers too);
+# every writer sets updated_at = now() (migration 0003).
+# One round trip, and one row (id NULL) when nothing changed.
+_POLL: Final = (
+    "SELECT n.polled_at, s.id, s.updated_at FROM (SELECT now() AS polled_at) n"
+    " LEFT JOIN subscribers s ON s.updated_at > $1"
+)
+# updated_at is the writer's transaction start, which can precede its commit:
+# each poll looks this far behind the previous one, so a transaction that
+# commits within this time after it started is still seen.
+_POLL_OVERLAP: Final = timedelta(seconds=30)
 _RELISTEN_DELAYS: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class CachedSubscriberDirectory:
-    """Subscribers by user name, cached in process and invalidated by NOTIFY hints.
+    """Subscribers by user name, cached in process and invalidated by NOTIFY hints and polls.
 
     A hit costs one HMAC and a dict lookup, no database round trip. A miss
-    costs one query. Unknown names are cached for ``negative_ttl`` seconds
-    so a flood of unknown users does not reach the database each time. The
-    TTL bounds staleness even when a change notification is lost.
+    costs one query. Unknown names live in their own small cache
+    (``negative_max_entries``, ``negative_ttl`` seconds) so a flood of random
+    names neither reaches the database each time nor evicts real subscribers.
+    The TTL bounds staleness even when a change hint is lost; a poll every
+    ``poll_interval`` seconds (None: never) sees changes made without one.
     """
 
     def __init__(
@@ -56,35 +74,56 @@ class CachedSubscriberDirectory:
         ttl: float = 30.0,
         negative_ttl: float = 5.0,
         max_entries: int = 200_000,
+        negative_max_entries: int = 10_000,
+        poll_interval: float | None = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if ttl <= 0 or negative_ttl < 0 or max_entries < 1:
-            raise ValueError("ttl must be positive, negative_ttl >= 0, max_entries >= 1")
+        if ttl <= 0 or negative_ttl < 0 or max_entries < 1 or negative_max_entries < 1:
+            raise ValueError("ttl must be positive, negative_ttl >= 0, cache sizes >= 1")
+        if poll_interval is not None and poll_interval <= 0:
+            raise ValueError("poll_interval must be positive (or None for no polling)")
         self._pool = pool
         self._index = keys.blind_index
         self._data_keys = data_keys
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._max = max_entries
+        self._negative_max = negative_max_entries
+        self._poll_interval = poll_interval
         self._clock = clock
-        # blind index -> (expires at, subscriber or None for "no such user")
-        self._entries: OrderedDict[bytes, tuple[float, Subscriber | None]] = OrderedDict()
+        # blind index -> (expires at, subscriber), least recently used first
+        self._entries: OrderedDict[bytes, tuple[float, Subscriber]] = OrderedDict()
         self._by_id: dict[int, bytes] = {}
+        # blind index -> expires at, for "no such user"; oldest first
+        self._negative: dict[bytes, float] = {}
         self._generation = 0
+        # Database time from which the next poll looks for changes; None
+        # while nothing read from the database is cached.
+        self._poll_since: datetime | None = None
+        self._poll_seen: dict[int, datetime] = {}
         self._listen_conn: Connection | None = None
         self._relisten_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._notified = asyncio.Condition()
+        self._progress = asyncio.Condition()
         self.hits = 0
         self.misses = 0
         self.notifications = 0
+        self.polls = 0
+        self.mismatches = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def unknown_cached(self) -> int:
+        """How many "no such user" answers are cached."""
+        return len(self._negative)
+
     async def by_user_name(self, user_name: str) -> Subscriber | None:
         """The subscriber named ``user_name`` (normalised), or None; StoreUnavailable on failure."""
-        blind = fields.user_name_blind(self._index, user_name)
+        name = normalize_user_name(user_name)
+        blind = fields.blind(self._index, LookupKind.USER_NAME, name)
         now = self._clock()
         entry = self._entries.get(blind)
         if entry is not None:
@@ -93,59 +132,110 @@ class CachedSubscriberDirectory:
                 self.hits += 1
                 return entry[1]
             self._forget(blind)
+        unknown_until = self._negative.get(blind)
+        if unknown_until is not None:
+            if unknown_until > now:
+                self.hits += 1
+                return None
+            del self._negative[blind]
         self.misses += 1
         generation = self._generation
         async with acquire(self._pool) as conn:
             record = await conn.fetchrow(f"{_SELECT} AND l.blind = $1", blind)
-        subscriber = None if record is None else self._decode(record)
-        # A change notified while the query ran may not be in its answer.
+        subscriber = None if record is None else self._decode(record, name)
+        # A change hinted while the query ran may not be in its answer.
         if generation == self._generation:
-            ttl = self._ttl if subscriber is not None else self._negative_ttl
-            if ttl > 0:
-                self._store(blind, subscriber, now + ttl)
+            if subscriber is not None:
+                assert record is not None
+                self._store(blind, subscriber, now + self._ttl, record["read_at"])
+            elif self._negative_ttl > 0:
+                self._store_unknown(blind, now + self._negative_ttl)
         return subscriber
 
-    def _decode(self, record: asyncpg.Record) -> Subscriber:
+    def _decode(self, record: asyncpg.Record, name: bytes | None) -> Subscriber | None:
+        """The subscriber of ``record``; None when its stored name is not the one looked up.
+
+        ``name`` is the normalised name looked up; None (prewarm) checks the
+        stored name against the row's blind index instead.
+        """
         sid = int(record["id"])
         try:
             cipher = self._data_keys.cipher(sid, bytes(record["wrapped_key"]))
-            return fields.subscriber_from_record(record, cipher, plan_from_record(record, "plan_"))
+            stored = fields.unseal(cipher, Column.USER_NAME, sid, record["user_name_enc"])
+            subscriber = fields.subscriber_from_record(
+                record, cipher, plan_from_record(record, "plan_")
+            )
         except DecryptError as exc:
             # Tampered rows or a missing master key version: storage cannot
             # answer truthfully, so the pipeline takes its fail-closed path.
             _log.error("subscriber_decrypt_failed", subscriber_id=sid, reason=exc.reason.value)
             raise StoreUnavailable("stored subscriber data could not be decrypted") from exc
+        assert stored is not None  # user_name_enc is NOT NULL
+        # The lookup row is not sealed: one repointed to another subscriber
+        # must not hand out that subscriber's row under this name.
+        stored_name = normalize_user_name(stored.decode("utf-8"))
+        if name is None:
+            same = hmac.compare_digest(
+                fields.blind(self._index, LookupKind.USER_NAME, stored_name),
+                bytes(record["blind"]),
+            )
+        else:
+            same = hmac.compare_digest(stored_name, name)
+        if not same:
+            self.mismatches += 1
+            _log.warning("subscriber_lookup_mismatch", subscriber_id=sid)
+            return None
+        return subscriber
 
-    def _store(self, blind: bytes, subscriber: Subscriber | None, expires: float) -> None:
+    def _store(
+        self, blind: bytes, subscriber: Subscriber, expires: float, read_at: datetime
+    ) -> None:
         self._forget(blind)
         self._entries[blind] = (expires, subscriber)
-        if subscriber is not None:
-            self._by_id[subscriber.id] = blind
+        self._by_id[subscriber.id] = blind
+        if self._poll_since is None:
+            self._poll_since = read_at
         while len(self._entries) > self._max:
             old_blind, (_, old) = self._entries.popitem(last=False)
-            if old is not None and self._by_id.get(old.id) == old_blind:
+            if self._by_id.get(old.id) == old_blind:
                 del self._by_id[old.id]
+
+    def _store_unknown(self, blind: bytes, expires: float) -> None:
+        self._negative.pop(blind, None)
+        self._negative[blind] = expires
+        if len(self._negative) > self._negative_max:
+            del self._negative[next(iter(self._negative))]
 
     def _forget(self, blind: bytes) -> None:
         entry = self._entries.pop(blind, None)
-        if entry is not None and entry[1] is not None and self._by_id.get(entry[1].id) == blind:
+        if entry is not None and self._by_id.get(entry[1].id) == blind:
             del self._by_id[entry[1].id]
 
     def invalidate(self, subscriber_id: int) -> None:
-        """Drop ``subscriber_id`` and every cached "no such user" answer."""
+        """Drop ``subscriber_id``, its data key and every cached "no such user" answer.
+
+        Constant time: the entry is found through its id, and the unknown
+        names go by swapping their dict for an empty one.
+        """
         self._generation += 1
         blind = self._by_id.get(subscriber_id)
         if blind is not None:
             self._forget(blind)
+        # An erased subscriber's key must not outlive the erasure in memory.
+        self._data_keys.discard(subscriber_id)
         # A new or renamed subscriber may match a name cached as unknown.
-        for key in [k for k, (_, s) in self._entries.items() if s is None]:
-            del self._entries[key]
+        if self._negative:
+            self._negative = {}
 
     def clear(self) -> None:
-        """Drop every cached entry."""
+        """Drop every cached entry and data key."""
         self._generation += 1
         self._entries.clear()
         self._by_id.clear()
+        self._negative = {}
+        self._data_keys.clear()
+        self._poll_since = None
+        self._poll_seen.clear()
 
     async def prewarm(self, limit: int | None = None) -> int:
         """Load up to ``limit`` active subscribers in one query; return how many."""
@@ -157,16 +247,62 @@ class CachedSubscriberDirectory:
             )
         if generation != self._generation:
             return 0
+        loaded = 0
         for record in records:
-            self._store(bytes(record["blind"]), self._decode(record), now + self._ttl)
-        return len(records)
+            subscriber = self._decode(record, None)
+            if subscriber is not None:
+                self._store(bytes(record["blind"]), subscriber, now + self._ttl, record["read_at"])
+                loaded += 1
+        return loaded
+
+    # --- changes made without a hint ----------------------------------------
+
+    async def poll_changes(self) -> int:
+        """One poll for subscribers changed since the last one; return how many were dropped."""
+        since = self._poll_since
+        if since is None:
+            return 0  # nothing read from the database is cached
+        async with acquire(self._pool) as conn:
+            rows = await conn.fetch(_POLL, since - _POLL_OVERLAP)
+        polled_at: datetime = rows[0]["polled_at"]
+        changed = 0
+        for row in rows:
+            if row["id"] is None:
+                continue
+            sid, updated = int(row["id"]), row["updated_at"]
+            # The overlap returns recent rows again: drop each change once.
+            if self._poll_seen.get(sid) != updated:
+                self._poll_seen[sid] = updated
+                self.invalidate(sid)
+                changed += 1
+        # clear() meanwhile means nothing older is cached: keep its reset.
+        if self._poll_since is not None:
+            self._poll_since = max(self._poll_since, polled_at)
+            horizon = self._poll_since - _POLL_OVERLAP
+            self._poll_seen = {k: v for k, v in self._poll_seen.items() if v > horizon}
+        self.polls += 1
+        await self._signal()
+        return changed
+
+    async def _poll_loop(self, interval: float) -> None:
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            try:
+                await self.poll_changes()
+            except StoreUnavailable:
+                _log.warning("directory_poll_failed", retry_in=interval)
+            except Exception as exc:  # the loop must outlive one bad poll
+                _log.error("directory_poll_error", error=type(exc).__name__)
 
     # --- change notifications (hints only) ---------------------------------
 
     async def start_listening(self) -> None:
-        """LISTEN for change hints on a dedicated pooled connection."""
+        """LISTEN for change hints on a dedicated pooled connection, and start polling."""
         self._stopping = False
         await self._listen()
+        if self._poll_interval is not None and self._poll_task is None:
+            loop = asyncio.get_running_loop()
+            self._poll_task = loop.create_task(self._poll_loop(self._poll_interval))
 
     async def _listen(self) -> None:
         with unavailable_as_store_error(self._pool):
@@ -190,13 +326,18 @@ class CachedSubscriberDirectory:
         asyncio.get_running_loop().create_task(self._signal())
 
     async def _signal(self) -> None:
-        async with self._notified:
-            self._notified.notify_all()
+        async with self._progress:
+            self._progress.notify_all()
 
     async def wait_for_notifications(self, count: int) -> None:
         """Return once at least ``count`` change hints have been applied."""
-        async with self._notified:
-            await self._notified.wait_for(lambda: self.notifications >= count)
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.notifications >= count)
+
+    async def wait_for_polls(self, count: int) -> None:
+        """Return once at least ``count`` polls have completed."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.polls >= count)
 
     def _on_terminated(self, conn: object) -> None:
         # Hints may be lost from now on: drop everything, then listen again.
@@ -231,13 +372,14 @@ class CachedSubscriberDirectory:
             _log.debug("directory_listen_release_failed", error=type(exc).__name__)
 
     async def stop(self) -> None:
-        """Stop listening and give the connection back to the pool."""
+        """Stop polling and listening, and give the connection back to the pool."""
         self._stopping = True
-        task, self._relisten_task = self._relisten_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._relisten_task, self._poll_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._relisten_task = self._poll_task = None
         conn, self._listen_conn = self._listen_conn, None
         if conn is None:
             return

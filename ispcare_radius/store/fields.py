@@ -28,6 +28,15 @@ class LookupKind(StrEnum):
     STATIC_IPV4 = "static_ipv4"
 
 
+class IndexKind(StrEnum):
+    """Every kind of value that gets a blind index; its name is the HMAC domain."""
+
+    USER_NAME = "user_name"
+    MAC_LOCK = "mac_lock"
+    STATIC_IPV4 = "static_ipv4"
+    DEVICE_MAC = "device_mac"
+
+
 class Column(StrEnum):
     """Encrypted columns of ``subscribers`` (stored as ``<name>_enc``)."""
 
@@ -90,9 +99,32 @@ def parse_ipv6_prefix(text: str) -> ipaddress.IPv6Network:
         raise ValueError("static IPv6 prefix is not a valid IPv6 network") from None
 
 
+def _domain(kind: IndexKind | LookupKind, value: bytes) -> bytes:
+    # Domain separation: the same bytes as a user name, a MAC lock, a static
+    # IPv4 or a device MAC give unrelated indexes, so equal blinds in two
+    # kinds reveal nothing. Kind names hold no NUL, so the encoding is
+    # unambiguous.
+    return kind.value.encode("ascii") + b"\x00" + value
+
+
+def blind(index: BlindIndex, kind: IndexKind | LookupKind, value: bytes) -> bytes:
+    """Full-length blind index of an already normalised ``value`` of ``kind``."""
+    return index.full(_domain(kind, value))
+
+
+def blind_prefix(index: BlindIndex, kind: IndexKind | LookupKind, value: bytes, bits: int) -> int:
+    """Truncated blind index (search only, collides on purpose) of ``value`` of ``kind``."""
+    return index.truncated(_domain(kind, value), bits)
+
+
 def user_name_blind(index: BlindIndex, user_name: str) -> bytes:
     """Full-length blind index of the normalised user name (unique lookup)."""
-    return index.full(normalize_user_name(user_name))
+    return blind(index, LookupKind.USER_NAME, normalize_user_name(user_name))
+
+
+def device_mac_search(index: BlindIndex, mac: bytes, bits: int = 16) -> int:
+    """The short search index of a device MAC (6 bytes): candidates, then decrypt."""
+    return blind_prefix(index, IndexKind.DEVICE_MAC, mac, bits)
 
 
 def subscriber_from_record(

@@ -164,10 +164,12 @@ class _Encoder:
         if expires is not None and expires.tzinfo is None:
             expires = expires.replace(tzinfo=UTC)
         blinds = [(LookupKind.USER_NAME, fields.user_name_blind(self._index, row.user_name))]
-        if mac is not None:
-            blinds.append((LookupKind.MAC_LOCK, self._index.full(mac)))
-        if ipv4 is not None:
-            blinds.append((LookupKind.STATIC_IPV4, self._index.full(ipv4.packed)))
+        for kind, value in (
+            (LookupKind.MAC_LOCK, mac),
+            (LookupKind.STATIC_IPV4, None if ipv4 is None else ipv4.packed),
+        ):
+            if value is not None:
+                blinds.append((kind, fields.blind(self._index, kind, value)))
         for kind, blind in blinds:
             first = self._seen.get((kind.value, blind))
             if first is not None:

@@ -144,6 +144,10 @@ class DataKeyCache:
         """Forget the key of ``subscriber_id`` (after erasure)."""
         self._entries.pop(subscriber_id, None)
 
+    def clear(self) -> None:
+        """Forget every key (when erasure hints may have been missed)."""
+        self._entries.clear()
+
     def _put(self, subscriber_id: int, wrapped: bytes, cipher: FieldCipher) -> None:
         self._entries[subscriber_id] = (wrapped, cipher)
         self._entries.move_to_end(subscriber_id)

@@ -6,7 +6,7 @@ Imports aaa.model, privacy and store; never server or cli.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
@@ -16,6 +16,8 @@ from ispcare_radius.privacy.secret import Secret
 from ispcare_radius.store.db import Pool, acquire
 from ispcare_radius.store.keyring import SystemKeys
 
+# The unique constraint on nas.address (migration 0003).
+ADDRESS_CONSTRAINT: Final = "nas_address_key"
 _COLUMNS = (
     "id, name, address, secret_enc, vendor, ma_policy, coa_port, latitude, longitude, country, city"
 )
@@ -75,7 +77,7 @@ class NasRepository:
         country: str | None = None,
         city: str | None = None,
     ) -> Nas:
-        """Store a new NAS; ValueError for a bad address, policy, port or taken name."""
+        """Store a new NAS; ValueError for a bad address, policy, port, or a taken name/address."""
         if not name or not name.strip():
             raise ValueError("NAS name must not be empty")
         network = parse_nas_address(address)
@@ -116,7 +118,12 @@ class NasRepository:
                     f" RETURNING {_COLUMNS}",
                     *params,
                 )
-            except asyncpg.UniqueViolationError:
+            except asyncpg.UniqueViolationError as exc:
+                # Told apart by constraint name, never by message text. Two
+                # NAS on one address would make the source-address match (and
+                # so the shared secret used) ambiguous.
+                if exc.constraint_name == ADDRESS_CONSTRAINT:
+                    raise ValueError("a NAS with that address exists") from None
                 raise ValueError("NAS name already exists") from None
         assert record is not None
         return self._to_nas(record)

@@ -11,7 +11,7 @@ from typing import Final
 
 from ispcare_radius.store.db import Connection, Pool, acquire
 
-PARTITIONED_TABLES: Final = ("auth_events", "auth_rejects_unknown")
+PARTITIONED_TABLES: Final = ("auth_events", "auth_rejects_unknown", "acct_records")
 _LOCK_KEY: Final = 0x1597_CA7E_0002
 _PARTITION_NAME: Final = re.compile(r"^(?P<table>[a-z_]+)_p(?P<day>\d{8})$")
 
@@ -101,4 +101,25 @@ async def drop_partitions_before(pool: Pool, table: str, *, before: datetime) ->
                     await conn.execute(f"DROP TABLE IF EXISTS {match.group(0)}")
                 dropped.append(match.group(0))
         await conn.execute(f"DELETE FROM {table}_default WHERE time < $1", cutoff)
+    return sorted(dropped)
+
+
+async def apply_retention(
+    pool: Pool, *, now: datetime, auth_events_days: int = 180, unknown_rejects_days: int = 7
+) -> list[str]:
+    """Drop what is older than its retention: auth events, then unknown-user rejects.
+
+    A partition goes once its whole day is older than ``now - days``; rows
+    of that age still in a DEFAULT partition are deleted. Returns the
+    partitions dropped, sorted. Meant for a daily task.
+    """
+    if auth_events_days < 1 or unknown_rejects_days < 1:
+        raise ValueError("retention must be at least one day")
+    moment = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
+    dropped = await drop_partitions_before(
+        pool, "auth_events", before=moment - timedelta(days=auth_events_days)
+    )
+    dropped += await drop_partitions_before(
+        pool, "auth_rejects_unknown", before=moment - timedelta(days=unknown_rejects_days)
+    )
     return sorted(dropped)

@@ -5,6 +5,7 @@ Imports aaa.model, privacy and store; never server or cli.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,12 +16,16 @@ from typing import Any, Final, Literal
 import asyncpg
 
 from ispcare_radius.aaa.model import SubscriberStatus
+from ispcare_radius.privacy.blind import normalize_user_name
 from ispcare_radius.privacy.keys import MasterKeys
+from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store import fields
 from ispcare_radius.store.db import Connection, Pool, acquire
 from ispcare_radius.store.fields import Column, LookupKind
 from ispcare_radius.store.importer import ImportRow, import_subscribers
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
+
+_log = get_logger(__name__)
 
 # NOTIFY channel: a wake-up hint for caches, never needed for correctness.
 CHANGE_CHANNEL: Final = "ispcare_subscriber_changed"
@@ -116,7 +121,7 @@ class SubscriberRepository:
             assert isinstance(value, str)
             return fields.user_name_blind(self._keys.blind_index, value)
         assert isinstance(value, bytes)
-        return self._keys.blind_index.full(value)
+        return fields.blind(self._keys.blind_index, kind, value)
 
     async def _insert_lookup(
         self, conn: Connection, kind: LookupKind, value: bytes | str, subscriber_id: int
@@ -131,16 +136,33 @@ class SubscriberRepository:
         except asyncpg.UniqueViolationError:
             raise ValueError(_DUPLICATE_MESSAGES[kind]) from None
 
+    def _is_named(self, record: asyncpg.Record, user_name: str) -> bool:
+        # The lookup row is not sealed: one repointed to another subscriber
+        # must not let a change or an erasure under this name reach it.
+        sid = int(record["id"])
+        cipher = self._data_keys.cipher(sid, bytes(record["wrapped_key"]))
+        stored = fields.unseal(cipher, Column.USER_NAME, sid, record["user_name_enc"])
+        assert stored is not None  # user_name_enc is NOT NULL
+        same = hmac.compare_digest(
+            normalize_user_name(stored.decode("utf-8")), normalize_user_name(user_name)
+        )
+        if not same:
+            _log.warning("subscriber_lookup_mismatch", subscriber_id=sid)
+        return same
+
     async def _locate(
         self, conn: Connection, user_name: str, *, lock: bool
     ) -> asyncpg.Record | None:
         suffix = " FOR UPDATE OF s" if lock else ""
-        return await conn.fetchrow(
-            "SELECT s.id, s.wrapped_key FROM subscriber_lookup l"
+        record = await conn.fetchrow(
+            "SELECT s.id, s.wrapped_key, s.user_name_enc FROM subscriber_lookup l"
             " JOIN subscribers s ON s.id = l.subscriber_id"
             f" WHERE l.kind = 'user_name' AND l.blind = $1{suffix}",
             self._blind(LookupKind.USER_NAME, user_name),
         )
+        if record is None or not self._is_named(record, user_name):
+            return None
+        return record
 
     async def add(
         self,
@@ -208,7 +230,9 @@ class SubscriberRepository:
                 " WHERE l.kind = 'user_name' AND l.blind = $1",
                 blind,
             )
-        return None if record is None else self._view(record)
+        if record is None or not self._is_named(record, user_name):
+            return None
+        return self._view(record)
 
     async def list(
         self, *, status: str | None = None, limit: int = 100, offset: int = 0
