@@ -260,3 +260,26 @@ def test_retransmission_gets_the_same_reply_and_one_event(
     finally:
         srv.kill()
         drop_database(pg_admin_dsn, name)
+
+
+def test_accounting_start_is_answered_once_stored(server: ServerProcess) -> None:
+    """radclient's Accounting-Request Start gets an Accounting-Response, and the record
+    is in PostgreSQL by then."""
+    attrs = (
+        f'User-Name = "{USER}", Acct-Status-Type = Start, Acct-Session-Id = "it-sess-1", '
+        f'Calling-Station-Id = "{MAC}", NAS-IP-Address = 127.0.0.1, '
+        "Framed-IP-Address = 100.64.0.9\n"
+    )
+    result = radclient(f"127.0.0.1:{server.acct_port}", "acct", SECRET_V4, attrs)
+    assert result.code == "Accounting-Response", result.output
+
+    async def count() -> int:
+        conn = await asyncpg.connect(server.dsn)
+        try:
+            return int(
+                await conn.fetchval("SELECT count(*) FROM acct_records WHERE status_type = 1")
+            )
+        finally:
+            await conn.close()
+
+    assert asyncio.run(count()) == 1

@@ -53,6 +53,20 @@ class CacheConfig:
     ttl: float = 3600.0
     max_entries: int = 200_000
     prewarm: bool = True
+    poll_interval: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccountingConfig:
+    batch_size: int = 500
+    max_delay: float = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    auth_events_days: int = 180
+    unknown_rejects_days: int = 7
+    acct_duplicate_keys_days: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +74,7 @@ class EventsConfig:
     batch_size: int = 1000
     flush_interval: float = 0.2
     max_queue: int = 100_000
+    give_up_after: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +92,8 @@ class Config:
     dictionary_dirs: tuple[Path, ...]
     cache: CacheConfig = field(default_factory=CacheConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    accounting: AccountingConfig = field(default_factory=AccountingConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     nas_reload_interval: float = 60.0
 
@@ -109,11 +126,19 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "cache_ttl": (int, float),
         "cache_max_entries": (int,),
         "cache_prewarm": (bool,),
+        "cache_poll_interval": (int, float),
     },
     "auth_events": {
         "batch_size": (int,),
         "flush_interval": (int, float),
         "max_queue": (int,),
+        "give_up_after": (int, float),
+    },
+    "accounting": {"batch_size": (int,), "max_delay": (int, float)},
+    "retention": {
+        "auth_events_days": (int,),
+        "unknown_rejects_days": (int,),
+        "acct_duplicate_keys_days": (int,),
     },
     "logging": {"level": (str,), "format": (str,)},
 }
@@ -179,6 +204,8 @@ def load_config(
     db = doc.get("database", {})
     auth = doc.get("auth", {})
     ev = doc.get("auth_events", {})
+    acct = doc.get("accounting", {})
+    ret = doc.get("retention", {})
     lg = doc.get("logging", {})
     state = default_state_dir(env)
     overrides = overrides or {}
@@ -251,6 +278,13 @@ def load_config(
         "auth_events.flush_interval": float(ev.get("flush_interval", 0.2)),
         "auth_events.batch_size": float(ev.get("batch_size", 1000)),
         "server.nas_reload_interval": float(srv.get("nas_reload_interval", 60.0)),
+        "auth.cache_poll_interval": float(auth.get("cache_poll_interval", 5.0)),
+        "auth_events.give_up_after": float(ev.get("give_up_after", 300.0)),
+        "accounting.batch_size": float(acct.get("batch_size", 500)),
+        "accounting.max_delay": float(acct.get("max_delay", 0.005)),
+        "retention.auth_events_days": float(ret.get("auth_events_days", 180)),
+        "retention.unknown_rejects_days": float(ret.get("unknown_rejects_days", 7)),
+        "retention.acct_duplicate_keys_days": float(ret.get("acct_duplicate_keys_days", 30)),
     }
     for name, value in positive.items():
         if value <= 0:
@@ -265,11 +299,22 @@ def load_config(
             ttl=positive["auth.cache_ttl"],
             max_entries=int(auth.get("cache_max_entries", 200_000)),
             prewarm=bool(auth.get("cache_prewarm", True)),
+            poll_interval=positive["auth.cache_poll_interval"],
         ),
         events=EventsConfig(
             batch_size=int(ev.get("batch_size", 1000)),
             flush_interval=positive["auth_events.flush_interval"],
             max_queue=int(ev.get("max_queue", 100_000)),
+            give_up_after=positive["auth_events.give_up_after"],
+        ),
+        accounting=AccountingConfig(
+            batch_size=int(positive["accounting.batch_size"]),
+            max_delay=positive["accounting.max_delay"],
+        ),
+        retention=RetentionConfig(
+            auth_events_days=int(positive["retention.auth_events_days"]),
+            unknown_rejects_days=int(positive["retention.unknown_rejects_days"]),
+            acct_duplicate_keys_days=int(positive["retention.acct_duplicate_keys_days"]),
         ),
         logging=LoggingConfig(level=level, format=fmt),
         nas_reload_interval=positive["server.nas_reload_interval"],

@@ -1,4 +1,4 @@
-"""``ispcare-radius serve``: wires store, AAA pipeline and server, then runs.
+"""``ispcare-radius serve``: wires store, AAA handlers and server, then runs.
 
 Composition root: the one place that builds every package's objects.
 """
@@ -10,24 +10,30 @@ import contextlib
 import secrets
 import signal
 import time
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from ispcare_radius.aaa.accounting import AccountingHandler
 from ispcare_radius.aaa.pipeline import AccessHandler
 from ispcare_radius.aaa.reply import ReplyRenderer
 from ispcare_radius.cli.config import Config, ConfigError
 from ispcare_radius.cli.runtime import Store, load_dictionaries, open_store
 from ispcare_radius.privacy.logsetup import configure_logging
+from ispcare_radius.protocol.dictionary import Dictionary
 from ispcare_radius.server.app import RadiusServer
 from ispcare_radius.server.clients import ClientTable
+from ispcare_radius.store.accounting import AccountingWriter, prune_record_keys
 from ispcare_radius.store.directory import CachedSubscriberDirectory
 from ispcare_radius.store.events import AuthEventWriter
-from ispcare_radius.store.partitions import ensure_partitions
+from ispcare_radius.store.partitions import apply_retention, ensure_partitions
 
 DEMO_NAS = "local-nas"
 DEMO_PLAN = "demo-10M"
 DEMO_USER = "demo"
+MAINTENANCE_INTERVAL = 6 * 3600.0
 
 
 async def ensure_demo(store: Store) -> tuple[str, str]:
@@ -55,8 +61,63 @@ async def ensure_demo(store: Store) -> tuple[str, str]:
     return secret, password
 
 
-def _auth_port(config: Config) -> int:
-    return config.server.auth_listen[0][1] if config.server.auth_listen else 1812
+@dataclass
+class Services:
+    """Everything ``serve`` runs, built from the configuration."""
+
+    server: RadiusServer
+    clients: ClientTable
+    directory: CachedSubscriberDirectory
+    events: AuthEventWriter
+    accounting: AccountingWriter
+
+
+async def build(config: Config, store: Store, dictionary: Dictionary) -> Services:
+    """Check plans and NAS, then build the cache, writers, handlers and server."""
+    renderer = ReplyRenderer(dictionary)
+    for plan in await store.plans.list():
+        try:
+            renderer.check_plan(plan)
+        except ValueError as exc:
+            raise ConfigError(f"plan {plan.name!r}: {exc}") from None
+    try:
+        clients = ClientTable(await store.nas.list())
+    except ValueError as exc:
+        raise ConfigError(f"NAS table: {exc}") from None
+    cache = config.cache
+    directory = CachedSubscriberDirectory(
+        store.pool,
+        store.keys,
+        store.data_keys,
+        ttl=cache.ttl,
+        max_entries=cache.max_entries,
+        poll_interval=cache.poll_interval,
+    )
+    events = AuthEventWriter(
+        store.pool,
+        store.keys,
+        store.data_keys,
+        batch_size=config.events.batch_size,
+        flush_interval=config.events.flush_interval,
+        max_queue=config.events.max_queue,
+        give_up_after=config.events.give_up_after,
+    )
+    accounting = AccountingWriter(
+        store.pool,
+        store.keys,
+        store.data_keys,
+        batch_size=config.accounting.batch_size,
+        max_delay=config.accounting.max_delay,
+    )
+    server = RadiusServer(
+        config.server,
+        clients,
+        auth_handler=AccessHandler(
+            directory=directory, events=events, renderer=renderer, settings=config.auth
+        ),
+        acct_handler=AccountingHandler(recorder=accounting, directory=directory),
+    )
+    return Services(server, clients, directory, events, accounting)
 
 
 async def serve(config: Config, *, demo: bool = False) -> int:
@@ -72,108 +133,94 @@ async def serve(config: Config, *, demo: bool = False) -> int:
         demo_line = None
         if demo:
             secret, password = await ensure_demo(store)
-            demo_line = f"radtest {DEMO_USER} {password} 127.0.0.1:{_auth_port(config)} 0 {secret}"
-        renderer = ReplyRenderer(dictionary)
-        for plan in await store.plans.list():
-            try:
-                renderer.check_plan(plan)
-            except ValueError as exc:
-                raise ConfigError(f"plan {plan.name!r}: {exc}") from None
-        try:
-            clients = ClientTable(await store.nas.list())
-        except ValueError as exc:
-            raise ConfigError(f"NAS table: {exc}") from None
-        directory = CachedSubscriberDirectory(
-            store.pool,
-            store.keys,
-            store.data_keys,
-            ttl=config.cache.ttl,
-            max_entries=config.cache.max_entries,
-        )
-        events = AuthEventWriter(
-            store.pool,
-            store.keys,
-            store.data_keys,
-            batch_size=config.events.batch_size,
-            flush_interval=config.events.flush_interval,
-            max_queue=config.events.max_queue,
-        )
-        handler = AccessHandler(
-            directory=directory,
-            events=events,
-            renderer=renderer,
-            settings=config.auth,
-        )
-        server = RadiusServer(config.server, clients, auth_handler=handler, acct_handler=None)
-        await directory.start_listening()
+            port = config.server.auth_listen[0][1] if config.server.auth_listen else 1812
+            demo_line = f"radtest {DEMO_USER} {password} 127.0.0.1:{port} 0 {secret}"
+        svc = await build(config, store, dictionary)
         await ensure_partitions(store.pool, now=datetime.now(UTC))
-        events.start()
+        await svc.directory.start_listening()
+        svc.events.start()
         background = [
-            asyncio.create_task(_reload_nas(store, clients, config.nas_reload_interval)),
-            asyncio.create_task(_daily_partitions(store)),
+            _every(config.nas_reload_interval, lambda: _reload_nas(store, svc.clients)),
+            _every(MAINTENANCE_INTERVAL, lambda: _maintenance(store, config)),
         ]
         if config.cache.prewarm:
             # Serve at once; until the cache is warm, misses go to the database.
-            background.append(asyncio.create_task(_prewarm(directory, config.cache.max_entries)))
-        loop = asyncio.get_running_loop()
+            background.append(asyncio.create_task(_prewarm(svc.directory, config)))
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(
-                signal.SIGHUP, lambda: asyncio.ensure_future(_reload_once(store, clients))
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(_reload_nas(store, svc.clients))
             )
         try:
-            await server.start()
+            await svc.server.start()
+            ports = svc.server.bound_ports
             log.info(
                 "started",
-                auth=[f"{h}:{p}" for h, p in server.bound_ports.get("auth", [])],
-                acct=[f"{h}:{p}" for h, p in server.bound_ports.get("acct", [])],
-                nas=len(await store.nas.list()),
+                auth=[f"{h}:{p}" for h, p in ports.get("auth", [])],
+                acct=[f"{h}:{p}" for h, p in ports.get("acct", [])],
+                nas=len(svc.clients),
             )
             if demo_line:
                 print(f"Demo ready. In another terminal run:\n  {demo_line}", flush=True)
-            await server.serve_forever()
+            await svc.server.serve_forever()
         finally:
             for task in background:
                 task.cancel()
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await events.stop()
-            await directory.stop()
+            await svc.server.stop()
+            await svc.accounting.close()
+            await svc.events.stop()
+            await svc.directory.stop()
             log.info("stopped")
     return 0
 
 
-async def _reload_once(store: Store, clients: ClientTable) -> None:
-    log = structlog.get_logger("ispcare_radius")
-    try:
-        clients.replace(await store.nas.list())
-    except Exception as exc:  # keep the old table; the next reload tries again
-        log.warning("nas_reload_failed", error=type(exc).__name__)
+def _every(interval: float, job: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await job()
+
+    return asyncio.create_task(loop())
 
 
-async def _prewarm(directory: CachedSubscriberDirectory, limit: int) -> None:
+async def _prewarm(directory: CachedSubscriberDirectory, config: Config) -> None:
     log = structlog.get_logger("ispcare_radius")
     started = time.monotonic()
     try:
-        count = await directory.prewarm(limit)
+        count = await directory.prewarm(config.cache.max_entries)
     except Exception as exc:  # a cold cache is slower, not wrong
         log.warning("cache_prewarm_failed", error=type(exc).__name__)
         return
     log.info("cache_prewarmed", subscribers=count, seconds=round(time.monotonic() - started, 1))
 
 
-async def _daily_partitions(store: Store) -> None:
-    """Keep a week of auth-event partitions ahead of the clock."""
+async def _maintenance(store: Store, config: Config) -> None:
+    """Partitions ahead of the clock, retention behind it."""
     log = structlog.get_logger("ispcare_radius")
-    while True:
-        await asyncio.sleep(6 * 3600)
-        try:
-            await ensure_partitions(store.pool, now=datetime.now(UTC))
-        except Exception as exc:  # rows still land in the default partition
-            log.warning("partition_maintenance_failed", error=type(exc).__name__)
+    now = datetime.now(UTC)
+    retention = config.retention
+    try:
+        await ensure_partitions(store.pool, now=now)
+        dropped = await apply_retention(
+            store.pool,
+            now=now,
+            auth_events_days=retention.auth_events_days,
+            unknown_rejects_days=retention.unknown_rejects_days,
+        )
+        pruned = await prune_record_keys(
+            store.pool, before=now - timedelta(days=retention.acct_duplicate_keys_days)
+        )
+    except Exception as exc:  # rows still land in the default partitions
+        log.warning("maintenance_failed", error=type(exc).__name__)
+        return
+    log.info("maintenance", partitions_dropped=len(dropped), acct_keys_pruned=pruned)
 
 
-async def _reload_nas(store: Store, clients: ClientTable, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        await _reload_once(store, clients)
+async def _reload_nas(store: Store, clients: ClientTable) -> None:
+    log = structlog.get_logger("ispcare_radius")
+    try:
+        clients.replace(await store.nas.list())
+    except Exception as exc:  # keep the old table; the next reload tries again
+        log.warning("nas_reload_failed", error=type(exc).__name__)
