@@ -26,9 +26,9 @@ from ispcare_radius.aaa.pipeline import (
     check_status,
     read_credentials,
 )
-from ispcare_radius.aaa.ports import StoreUnavailable
+from ispcare_radius.aaa.ports import MISS, Miss, StoreUnavailable
 from ispcare_radius.aaa.reply import ReplyRenderer
-from ispcare_radius.aaa.request import Request
+from ispcare_radius.aaa.request import NOT_READY, Reply, Request
 from ispcare_radius.aaa.vendors import Mikrotik, known_vendors, profile
 from ispcare_radius.privacy.secret import Secret
 from ispcare_radius.protocol.authenticator import hide_password, random_authenticator
@@ -352,3 +352,42 @@ def test_model_reprs_hide_personal_values() -> None:
         "192.0.2.1', 1645",
     ):
         assert value not in text
+
+
+class PeekingDirectory(Directory):
+    """A directory that can answer from memory: names in ``cached`` only."""
+
+    def __init__(self, subs: dict[str, Subscriber], cached: set[str]) -> None:
+        super().__init__(subs)
+        self.cached = cached
+
+    def peek(self, user_name: str) -> Subscriber | Miss | None:
+        if user_name not in self.cached:
+            return MISS
+        return self.subs.get(user_name)
+
+
+async def test_fast_path_answers_cached_subscribers_like_the_async_path(
+    dictionary: Dictionary,
+) -> None:
+    """try_handle_now gives the same reply as handle for a cached subscriber, and
+    NOT_READY for one that is not in memory."""
+    events = Events()
+    directory = PeekingDirectory({"u1": _subscriber()}, cached={"u1"})
+    handler = _handler(dictionary, directory, events)
+    request = _request()
+    now_reply = handler.try_handle_now(request)
+    assert isinstance(now_reply, Reply)
+    assert now_reply == await handler.handle(request)
+    assert now_reply.code == Code.ACCESS_ACCEPT
+    wrong = handler.try_handle_now(_request(password=b"wrong"))
+    assert isinstance(wrong, Reply) and wrong.reason == "bad_password"
+    directory.cached.clear()
+    assert handler.try_handle_now(_request()) is NOT_READY
+    assert len(events.events) == 3  # NOT_READY records nothing; handle() will
+
+
+def test_fast_path_is_off_for_directories_that_cannot_peek(dictionary: Dictionary) -> None:
+    """A directory without peek always sends the pipeline down the async path."""
+    handler = _handler(dictionary, Directory({"u1": _subscriber()}), Events())
+    assert handler.try_handle_now(_request()) is NOT_READY

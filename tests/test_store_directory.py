@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from ispcare_radius.aaa.model import SubscriberStatus
-from ispcare_radius.aaa.ports import StoreUnavailable, SubscriberDirectory
+from ispcare_radius.aaa.ports import MISS, StoreUnavailable, SubscriberDirectory
 from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.store.db import Pool
 from ispcare_radius.store.directory import CachedSubscriberDirectory
@@ -85,6 +85,25 @@ async def test_second_lookup_needs_no_database(
     assert (directory.hits, directory.misses) == (1, 1)
     with pytest.raises(StoreUnavailable):
         await directory.by_user_name("someone-not-cached")
+
+
+async def test_peek_answers_from_memory_only(
+    directory: CachedSubscriberDirectory, repo: SubscriberRepository, pg_pool: Pool, clock: Clock
+) -> None:
+    """peek is MISS until a lookup caches the name, then the subscriber (or None for
+    a known-unknown name) without the database; expiry makes it MISS again."""
+    await repo.add("carol", "pw", plan=None)
+    assert directory.peek("carol") is MISS
+    assert directory.peek("nobody-here") is MISS
+    found = await directory.by_user_name("carol")
+    assert await directory.by_user_name("nobody-here") is None
+    pg_pool.terminate()
+    assert directory.peek("CAROL") == found
+    assert directory.peek("nobody-here") is None
+    clock.now += 5.1
+    assert directory.peek("nobody-here") is MISS
+    clock.now += 30
+    assert directory.peek("carol") is MISS
 
 
 async def test_unknown_user_is_none_and_cached_briefly(

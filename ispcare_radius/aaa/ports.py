@@ -5,7 +5,7 @@ Only ``typing.Protocol`` definitions and the one exception storage may raise.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, final, runtime_checkable
 
 from ispcare_radius.aaa.model import AuthEvent, Subscriber
 
@@ -25,6 +25,28 @@ class SubscriberDirectory(Protocol):
     async def by_user_name(self, user_name: str) -> Subscriber | None:
         """The subscriber whose user name is ``user_name`` (normalised by the
         store), or None. Raises StoreUnavailable when storage fails."""
+        ...
+
+
+@final
+class Miss:
+    """Marker: the answer is not in memory; ask the asynchronous lookup."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISS"
+
+
+MISS: Final = Miss()
+
+
+@runtime_checkable
+class CachedDirectory(Protocol):
+    """Optional: a directory that can answer from memory without waiting."""
+
+    def peek(self, user_name: str) -> Subscriber | Miss | None:
+        """The cached subscriber, None if known not to exist, or ``MISS``."""
         ...
 
 

@@ -7,6 +7,7 @@ Imports protocol and the aaa model only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final, final
 
 from ispcare_radius.aaa.model import Nas
 from ispcare_radius.protocol.packet import Packet
@@ -37,3 +38,16 @@ class Reply:
     attributes: bytes = b""
     reason: str = ""
     user_name: str | None = field(default=None, repr=False)
+
+
+@final
+class NotReady:
+    """Marker a synchronous fast path returns to ask for the asynchronous one."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_READY"
+
+
+NOT_READY: Final = NotReady()

@@ -7,9 +7,9 @@ server's callers find the whole port in one place.
 
 from __future__ import annotations
 
-from typing import Final, Protocol, final, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from ispcare_radius.aaa.request import Reply, Request
+from ispcare_radius.aaa.request import NOT_READY, NotReady, Reply, Request
 
 __all__ = ["NOT_READY", "FastHandler", "Handler", "NotReady", "Reply", "Request"]
 
@@ -25,19 +25,6 @@ class Handler(Protocol):
     async def handle(self, request: Request) -> Reply | None:
         """The reply to ``request``, or None for no reply."""
         ...
-
-
-@final
-class NotReady:
-    """Marker returned by ``FastHandler.try_handle_now`` to ask for the async path."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NOT_READY"
-
-
-NOT_READY: Final = NotReady()
 
 
 @runtime_checkable

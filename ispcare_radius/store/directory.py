@@ -19,7 +19,7 @@ from typing import Final
 import asyncpg
 
 from ispcare_radius.aaa.model import Subscriber
-from ispcare_radius.aaa.ports import StoreUnavailable
+from ispcare_radius.aaa.ports import MISS, Miss, StoreUnavailable
 from ispcare_radius.privacy.blind import normalize_user_name
 from ispcare_radius.privacy.crypto import DecryptError
 from ispcare_radius.privacy.logsetup import get_logger
@@ -120,10 +120,16 @@ class CachedSubscriberDirectory:
         """How many "no such user" answers are cached."""
         return len(self._negative)
 
-    async def by_user_name(self, user_name: str) -> Subscriber | None:
-        """The subscriber named ``user_name`` (normalised), or None; StoreUnavailable on failure."""
+    def peek(self, user_name: str) -> Subscriber | Miss | None:
+        """From memory only: the subscriber, None if known not to exist, or ``MISS``.
+
+        Lets the pipeline answer a cached subscriber without a task or a
+        database round trip; ``MISS`` means ask ``by_user_name``.
+        """
         name = normalize_user_name(user_name)
-        blind = fields.blind(self._index, LookupKind.USER_NAME, name)
+        return self._cached(fields.blind(self._index, LookupKind.USER_NAME, name))
+
+    def _cached(self, blind: bytes) -> Subscriber | Miss | None:
         now = self._clock()
         entry = self._entries.get(blind)
         if entry is not None:
@@ -138,6 +144,16 @@ class CachedSubscriberDirectory:
                 self.hits += 1
                 return None
             del self._negative[blind]
+        return MISS
+
+    async def by_user_name(self, user_name: str) -> Subscriber | None:
+        """The subscriber named ``user_name`` (normalised), or None; StoreUnavailable on failure."""
+        name = normalize_user_name(user_name)
+        blind = fields.blind(self._index, LookupKind.USER_NAME, name)
+        cached = self._cached(blind)
+        if not isinstance(cached, Miss):
+            return cached
+        now = self._clock()
         self.misses += 1
         generation = self._generation
         async with acquire(self._pool) as conn:
