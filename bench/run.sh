@@ -4,14 +4,14 @@
 # subscribers userN/passN and NAS 127.0.0.1/testing123; ours gets them through
 # its own bulk import. Prints compare.py's per-round figures and median ratios.
 #
-#   bench/run.sh [--rounds 5] [--parallel 32] [--kinds auth] [--users 100000]
+#   bench/run.sh [--rounds 5] [--parallel 32] [--kinds auth,acct] [--users 100000]
 #
 # Our database: $ISPCARE_BENCH_DSN if set, else an embedded PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BENCH_DIR=${BENCH_DIR:-$ROOT/../shared/bench}
-ROUNDS=5; PARALLEL=32; KINDS=auth; USERS=100000
+ROUNDS=5; PARALLEL=32; KINDS=auth,acct; USERS=100000
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2;;
