@@ -25,6 +25,13 @@ done
 
 bash scripts/bootstrap.sh
 WORK=${ISPCARE_BENCH_WORK:-/tmp/ispcare-bench}
+# Every run starts from an empty database and a new key: the import is part
+# of what is measured, and old rows cannot skew the run.
+if [ -z "${ISPCARE_BENCH_DSN:-}" ] && [ -d "$WORK" ]; then
+  PGCTL=$(.venv/bin/python -c 'import pgserver, pathlib; print(pathlib.Path(pgserver.__file__).parent / "pginstall/bin/pg_ctl")')
+  [ -f "$WORK/pgdata/postmaster.pid" ] && runuser -u pgserver -- "$PGCTL" -D "$WORK/pgdata" -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+fi
 mkdir -p "$WORK"
 export ISPCARE_STATE_DIR=$WORK/state
 CFG=$WORK/bench.toml
@@ -73,7 +80,7 @@ for _ in $(seq 1 120); do
   if echo "Message-Authenticator = 0x00" | radclient -q -r 1 -t 0.5 127.0.0.1:1812 status testing123 >/dev/null 2>&1; then break; fi
 done
 for _ in $(seq 1 300); do
-  grep -q cache_prewarm "$WORK/server.log" && break
+  grep -q '"cache_prewarm' "$WORK/server.log" && break
   sleep 1
 done
 PG_PID=""

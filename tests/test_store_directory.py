@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from ispcare_radius.aaa.model import SubscriberStatus
-from ispcare_radius.aaa.ports import MISS, StoreUnavailable, SubscriberDirectory
+from ispcare_radius.aaa.ports import MISS, Miss, StoreUnavailable, SubscriberDirectory
 from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.store.db import Pool
 from ispcare_radius.store.directory import CachedSubscriberDirectory
@@ -310,6 +310,25 @@ async def test_poll_sees_an_update_made_without_notify(
     assert await directory.poll_changes() == 0  # the same change is dropped once only
     assert (await directory.by_user_name("olga")) == after
     assert directory.hits == 2
+
+
+async def test_poll_keeps_entries_read_after_their_last_change(
+    directory: CachedSubscriberDirectory, repo: SubscriberRepository, pg_pool: Pool
+) -> None:
+    """Subscribers written moments before the cache read them (a bulk import just
+    before start) stay cached through polls: only a newer row version evicts."""
+    for n in range(20):
+        await repo.add(f"fresh-{n}", "pw", plan=None)
+    assert await directory.prewarm() == 20
+    await directory.poll_changes()
+    assert await directory.poll_changes() == 0
+    assert all(not isinstance(directory.peek(f"fresh-{n}"), Miss) for n in range(20))
+    await pg_pool.execute(
+        "UPDATE subscribers SET status = 'suspended', updated_at = now()"
+        " WHERE id = (SELECT subscriber_id FROM subscriber_lookup LIMIT 1)"
+    )
+    assert await directory.poll_changes() == 1
+    assert sum(isinstance(directory.peek(f"fresh-{n}"), Miss) for n in range(20)) == 1
 
 
 async def test_start_listening_starts_the_poll_loop(

@@ -33,7 +33,8 @@ from ispcare_radius.store.subscribers import CHANGE_CHANNEL
 _log = get_logger(__name__)
 
 _SELECT: Final = (
-    "SELECT now() AS read_at, l.blind, s.id, s.status, s.expires_at, s.account_ref,"
+    "SELECT now() AS read_at, s.xmin::text AS version, l.blind, s.id, s.status,"
+    " s.expires_at, s.account_ref,"
     " s.wrapped_key, s.user_name_enc, s.password_enc, s.static_ipv4_enc, s.static_ipv6_enc,"
     " s.mac_lock_enc, "
     + plan_select_list("p", "plan_")
@@ -44,7 +45,8 @@ _SELECT: Final = (
 # every writer sets updated_at = now() (migration 0003).
 # One round trip, and one row (id NULL) when nothing changed.
 _POLL: Final = (
-    "SELECT n.polled_at, s.id, s.updated_at FROM (SELECT now() AS polled_at) n"
+    "SELECT n.polled_at, s.id, s.updated_at, s.xmin::text AS version"
+    " FROM (SELECT now() AS polled_at) n"
     " LEFT JOIN subscribers s ON s.updated_at > $1"
 )
 # updated_at is the writer's transaction start, which can precede its commit:
@@ -101,6 +103,9 @@ class CachedSubscriberDirectory:
         # while nothing read from the database is cached.
         self._poll_since: datetime | None = None
         self._poll_seen: dict[int, datetime] = {}
+        # Row version (xmin) of each cached subscriber as read: a poll that
+        # returns the same version has nothing new, however recent updated_at.
+        self._versions: dict[int, str] = {}
         self._listen_conn: Connection | None = None
         self._relisten_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
@@ -163,7 +168,9 @@ class CachedSubscriberDirectory:
         if generation == self._generation:
             if subscriber is not None:
                 assert record is not None
-                self._store(blind, subscriber, now + self._ttl, record["read_at"])
+                self._store(
+                    blind, subscriber, now + self._ttl, record["read_at"], record["version"]
+                )
             elif self._negative_ttl > 0:
                 self._store_unknown(blind, now + self._negative_ttl)
         return subscriber
@@ -204,17 +211,24 @@ class CachedSubscriberDirectory:
         return subscriber
 
     def _store(
-        self, blind: bytes, subscriber: Subscriber, expires: float, read_at: datetime
+        self,
+        blind: bytes,
+        subscriber: Subscriber,
+        expires: float,
+        read_at: datetime,
+        version: str,
     ) -> None:
         self._forget(blind)
         self._entries[blind] = (expires, subscriber)
         self._by_id[subscriber.id] = blind
+        self._versions[subscriber.id] = version
         if self._poll_since is None:
             self._poll_since = read_at
         while len(self._entries) > self._max:
             old_blind, (_, old) = self._entries.popitem(last=False)
             if self._by_id.get(old.id) == old_blind:
                 del self._by_id[old.id]
+                self._versions.pop(old.id, None)
 
     def _store_unknown(self, blind: bytes, expires: float) -> None:
         self._negative.pop(blind, None)
@@ -226,6 +240,7 @@ class CachedSubscriberDirectory:
         entry = self._entries.pop(blind, None)
         if entry is not None and self._by_id.get(entry[1].id) == blind:
             del self._by_id[entry[1].id]
+            self._versions.pop(entry[1].id, None)
 
     def invalidate(self, subscriber_id: int) -> None:
         """Drop ``subscriber_id``, its data key and every cached "no such user" answer.
@@ -252,6 +267,7 @@ class CachedSubscriberDirectory:
         self._data_keys.clear()
         self._poll_since = None
         self._poll_seen.clear()
+        self._versions.clear()
 
     async def prewarm(self, limit: int | None = None) -> int:
         """Load up to ``limit`` active subscribers in one query; return how many."""
@@ -267,7 +283,13 @@ class CachedSubscriberDirectory:
         for record in records:
             subscriber = self._decode(record, None)
             if subscriber is not None:
-                self._store(bytes(record["blind"]), subscriber, now + self._ttl, record["read_at"])
+                self._store(
+                    bytes(record["blind"]),
+                    subscriber,
+                    now + self._ttl,
+                    record["read_at"],
+                    record["version"],
+                )
                 loaded += 1
         return loaded
 
@@ -286,6 +308,8 @@ class CachedSubscriberDirectory:
             if row["id"] is None:
                 continue
             sid, updated = int(row["id"]), row["updated_at"]
+            if self._versions.get(sid) == row["version"]:
+                continue  # the cached copy is this very row version
             # The overlap returns recent rows again: drop each change once.
             if self._poll_seen.get(sid) != updated:
                 self._poll_seen[sid] = updated
