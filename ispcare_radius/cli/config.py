@@ -7,6 +7,7 @@ one becomes a ``ConfigError`` with a one-line message naming the setting.
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,16 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
         return Path("/var/lib/ispcare-radius")
     base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "/root")) / ".local" / "state")
     return Path(base) / "ispcare-radius"
+
+
+def ipv6_available() -> bool:
+    """Whether this host can open an IPv6 UDP socket (some have IPv6 disabled)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def repo_dictionaries() -> Path:
@@ -211,9 +222,12 @@ def load_config(
     overrides = overrides or {}
 
     server_kwargs: dict[str, Any] = {}
-    for key in ("auth_listen", "acct_listen"):
+    for key, port in (("auth_listen", 1812), ("acct_listen", 1813)):
         if key in srv:
             server_kwargs[key] = tuple(parse_listen(str(v), f"server.{key}") for v in srv[key])
+        elif not ipv6_available():
+            # The default listens on IPv6 too, where the host has it at all.
+            server_kwargs[key] = (("0.0.0.0", port),)
     for key in (
         "reply_cache_ttl",
         "reply_cache_max",
