@@ -131,3 +131,12 @@ async def test_nas_address_must_be_unique(pg_pool: Pool, system_keys: SystemKeys
         "edge-host-in-net",
         "edge-net",
     ]
+
+
+async def test_plan_keeps_vendor_names(pg_pool: Pool) -> None:
+    """A plan's address list and QoS profile name survive the round trip."""
+    repo = PlanRepository(pg_pool)
+    added = await repo.add("vend", download_kbps=50_000, address_list="paying", qos_profile="gold")
+    got = await repo.get("vend")
+    assert got == added
+    assert got is not None and (got.address_list, got.qos_profile) == ("paying", "gold")

@@ -51,6 +51,10 @@ class Plan:
     simultaneous_use: int | None = None
     ipv4_pool: str | None = None
     ipv6_pool: str | None = None
+    # Vendor forms (see aaa/vendors.py): a RouterOS address list for the
+    # subscriber's address, and a QoS profile / policy name configured on the NAS.
+    address_list: str | None = None
+    qos_profile: str | None = None
     # Extra reply attributes as (dictionary name, value as text), sent as is.
     extra_reply: tuple[tuple[str, str], ...] = ()
 

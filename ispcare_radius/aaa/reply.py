@@ -89,7 +89,7 @@ class ReplyRenderer:
             out += enc("Framed-Pool", plan.ipv4_pool)
         if plan.ipv6_pool:
             out += enc("Delegated-IPv6-Prefix-Pool", plan.ipv6_pool)
-        for name, value in profile(vendor).rate_limit(plan):
+        for name, value in profile(vendor).render(plan):
             out += enc(name, value)
         for name, text in plan.extra_reply:
             out += enc(name, text)

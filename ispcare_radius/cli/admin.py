@@ -117,6 +117,8 @@ _PLAN_FIELDS = {
     "simultaneous_use": "simultaneous_use",
     "pool": "ipv4_pool",
     "ipv6_pool": "ipv6_pool",
+    "address_list": "address_list",
+    "qos_profile": "qos_profile",
 }
 
 

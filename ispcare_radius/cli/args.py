@@ -95,6 +95,8 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--simultaneous-use", type=seconds, metavar="N")
     p.add_argument("--pool", help="IPv4 pool name (Framed-Pool)")
     p.add_argument("--ipv6-pool", help="delegated IPv6 prefix pool name")
+    p.add_argument("--address-list", help="MikroTik address list for the subscriber")
+    p.add_argument("--qos-profile", help="QoS profile / policy name (Juniper, Cisco, Huawei)")
     p.add_argument(
         "--reply",
         type=reply_pair,

@@ -29,6 +29,8 @@ PLAN_VALUE_FIELDS: Final[tuple[str, ...]] = (
     "simultaneous_use",
     "ipv4_pool",
     "ipv6_pool",
+    "address_list",
+    "qos_profile",
 )
 _INT_FIELDS: Final = frozenset(PLAN_VALUE_FIELDS[:11])
 PLAN_COLUMNS: Final[tuple[str, ...]] = ("id", "name", *PLAN_VALUE_FIELDS, "extra_reply")
@@ -87,6 +89,8 @@ class PlanRepository:
         simultaneous_use: int | None = None,
         ipv4_pool: str | None = None,
         ipv6_pool: str | None = None,
+        address_list: str | None = None,
+        qos_profile: str | None = None,
         extra_reply: Sequence[tuple[str, str]] = (),
     ) -> Plan:
         """Store a new plan; ValueError for a taken name or an invalid value."""
@@ -106,6 +110,8 @@ class PlanRepository:
             "simultaneous_use": simultaneous_use,
             "ipv4_pool": ipv4_pool,
             "ipv6_pool": ipv6_pool,
+            "address_list": address_list,
+            "qos_profile": qos_profile,
         }
         _check_values(values)
         extra = [[str(attr), str(value)] for attr, value in extra_reply]
