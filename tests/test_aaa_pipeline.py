@@ -111,12 +111,13 @@ def test_every_outcome_has_a_reply_code_under_both_failure_actions() -> None:
     [
         ({"user": None}, Outcome.NO_USER_NAME),
         ({"password": None}, Outcome.NO_CREDENTIALS),
-        ({"password": None, "extra": ((3, b"\x01" + b"x" * 16),)}, Outcome.UNSUPPORTED_METHOD),
+        ({"password": None, "extra": ((3, b"\x01" + b"x" * 15),)}, Outcome.MALFORMED_CREDENTIALS),
         ({"password": None, "extra": ((79, b"\x02\x01\x00\x05\x01"),)}, Outcome.UNSUPPORTED_METHOD),
     ],
 )
 def test_read_credentials_refuses_what_it_cannot_use(kwargs: dict, outcome: Outcome) -> None:
-    """Missing user name, missing password, or a method not offered yet each have a reason."""
+    """Missing user name, missing password, malformed CHAP or a method not offered yet
+    each have a reason."""
     assert read_credentials(Attempt(_request(**kwargs)), NOW) is outcome
 
 

@@ -74,3 +74,13 @@ def test_missing_extra_dictionary_directory_is_an_error(tmp_path: Path) -> None:
     cfg.write_text('[dictionaries]\nextra_dirs = ["/nonexistent/dicts"]\n')
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(cfg, env={})
+
+
+def test_auth_methods_are_chosen_by_name(tmp_path: Path) -> None:
+    """auth.methods selects the methods; an unknown name is a one-line ConfigError."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[auth]\nmethods = ["pap", "chap"]\n')
+    assert load_config(cfg, env={}).auth.methods == ("pap", "chap")
+    cfg.write_text('[auth]\nmethods = ["pap", "kerberos"]\n')
+    with pytest.raises(ConfigError, match=r"auth\.methods"):
+        load_config(cfg, env={})

@@ -23,6 +23,8 @@ class Outcome(StrEnum):
     NO_CREDENTIALS = "no_credentials"
     UNSUPPORTED_METHOD = "unsupported_method"
     MALFORMED_PASSWORD = "malformed_password"
+    MALFORMED_CREDENTIALS = "malformed_credentials"
+    CONFLICTING_CREDENTIALS = "conflicting_credentials"
     UNKNOWN_USER = "unknown_user"
     BAD_PASSWORD = "bad_password"
     SUSPENDED = "suspended"
@@ -53,6 +55,8 @@ _BASE_TABLE: Mapping[Outcome, int | None] = MappingProxyType(
         Outcome.NO_CREDENTIALS: _REJECT,
         Outcome.UNSUPPORTED_METHOD: _REJECT,
         Outcome.MALFORMED_PASSWORD: _REJECT,
+        Outcome.MALFORMED_CREDENTIALS: _REJECT,
+        Outcome.CONFLICTING_CREDENTIALS: _REJECT,
         Outcome.UNKNOWN_USER: _REJECT,
         Outcome.BAD_PASSWORD: _REJECT,
         Outcome.SUSPENDED: _REJECT,

@@ -1,19 +1,24 @@
 """The Access-Request pipeline: credentials -> subscriber -> checks -> reply.
 
 Each step is a small callable over one ``Attempt``; it returns an ``Outcome``
-to stop, or None to go on. The outcome becomes a reply code through the
-fail-closed table in ``outcome``. Storage is reached only through the ports.
+to stop, or None to go on. How the password is proven (PAP, CHAP, MS-CHAP)
+is a plug-in from ``aaa.methods``. The outcome becomes a reply code through
+the fail-closed table in ``outcome``. Storage is reached only through the
+ports; never imports asyncpg or ``store``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ispcare_radius.aaa.model import AuthEvent, AuthResult, Subscriber, SubscriberStatus
+from ispcare_radius.aaa.methods import DEFAULT_METHODS, REGISTRY, resolve
+from ispcare_radius.aaa.methods.base import Attempt, Method
+from ispcare_radius.aaa.model import AuthEvent, AuthResult, SubscriberStatus
 from ispcare_radius.aaa.outcome import Outcome, StoreFailureAction, reply_codes
 from ispcare_radius.aaa.ports import (
     AuthEventSink,
@@ -25,12 +30,22 @@ from ispcare_radius.aaa.ports import (
 from ispcare_radius.aaa.reply import ReplyRenderer
 from ispcare_radius.aaa.request import NOT_READY, NotReady, Reply, Request
 from ispcare_radius.privacy.blind import normalize_mac
-from ispcare_radius.protocol.authenticator import unhide_password
-from ispcare_radius.protocol.codes import Code, DecodeError
+from ispcare_radius.protocol.codes import Code
+from ispcare_radius.protocol.packet import Packet
+
+__all__ = [
+    "DEFAULT_CHECKS",
+    "AccessHandler",
+    "Attempt",
+    "AuthSettings",
+    "Step",
+    "check_mac_lock",
+    "check_password",
+    "check_status",
+    "read_credentials",
+]
 
 USER_NAME = 1
-USER_PASSWORD = 2
-CHAP_PASSWORD = 3
 NAS_IP_ADDRESS = 4
 CALLING_STATION_ID = 31
 NAS_IPV6_ADDRESS = 95
@@ -39,26 +54,35 @@ EAP_MESSAGE = 79
 
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
+    """How Access-Requests are decided; ``methods`` names the enabled methods."""
+
     on_store_failure: StoreFailureAction = StoreFailureAction.REJECT
+    methods: tuple[str, ...] = DEFAULT_METHODS
 
-
-class Attempt:
-    """The working state of one Access-Request as it goes through the steps."""
-
-    __slots__ = ("password", "request", "subscriber", "user_name")
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.user_name: str | None = None
-        self.password: bytes | None = None
-        self.subscriber: Subscriber | None = None
+    def __post_init__(self) -> None:
+        resolve(self.methods)  # ValueError naming an unknown method, at start
 
 
 Step = Callable[[Attempt, float], Outcome | None]
 
 
+def _claimant(packet: Packet, enabled: tuple[Method, ...]) -> Method | Outcome:
+    claims = [m for m in REGISTRY.values() if m.claims(packet)]
+    if len(claims) > 1:
+        # RFC 2865 section 4.1: "An Access-Request MUST NOT contain both a
+        # User-Password and a CHAP-Password." Two proofs of one password are
+        # refused alike, whichever methods they belong to.
+        return Outcome.CONFLICTING_CREDENTIALS
+    if not claims:
+        if packet.get(EAP_MESSAGE) is not None:
+            return Outcome.UNSUPPORTED_METHOD
+        return Outcome.NO_CREDENTIALS
+    method = claims[0]
+    return method if method in enabled else Outcome.UNSUPPORTED_METHOD
+
+
 def read_credentials(attempt: Attempt, now: float) -> Outcome | None:
-    """User-Name and the PAP password; other methods are not offered yet."""
+    """User-Name, then the enabled method that claims the request reads its credentials."""
     packet = attempt.request.packet
     raw_name = packet.get(USER_NAME)
     if not raw_name:
@@ -69,31 +93,23 @@ def read_credentials(attempt: Attempt, now: float) -> Outcome | None:
         attempt.user_name = raw_name.decode("utf-8")
     except UnicodeDecodeError:
         return Outcome.MALFORMED_USER_NAME
-    hidden = packet.get(USER_PASSWORD)
-    if hidden is None:
-        if packet.get(CHAP_PASSWORD) is not None or packet.get(EAP_MESSAGE) is not None:
-            return Outcome.UNSUPPORTED_METHOD
-        return Outcome.NO_CREDENTIALS
-    try:
-        attempt.password = unhide_password(
-            hidden, attempt.request.nas.secret.reveal(), packet.authenticator
-        )
-    except DecodeError:
-        return Outcome.MALFORMED_PASSWORD
-    return None
+    found = _claimant(packet, attempt.methods)
+    if isinstance(found, Outcome):
+        return found
+    attempt.method = found
+    return found.read(attempt)
 
 
 def check_password(attempt: Attempt, now: float) -> Outcome | None:
-    """PAP: the cleartext password against the stored one, in constant time.
+    """The claiming method verifies the credentials against the stored password.
 
     Checked before the account status, so that only someone who knows the
     password learns that an account is suspended or expired.
     """
-    sub = attempt.subscriber
-    assert sub is not None and attempt.password is not None
-    if sub.password is None or not sub.password.equals(attempt.password):
+    method = attempt.method
+    if method is None or attempt.subscriber is None:
         return Outcome.BAD_PASSWORD
-    return None
+    return method.verify(attempt)
 
 
 _STATUS_OUTCOMES = {
@@ -148,6 +164,7 @@ class AccessHandler:
         self._events = events
         self._renderer = renderer
         self._codes = reply_codes(settings.on_store_failure)
+        self._methods = resolve(settings.methods)
         self._checks = tuple(checks)
         self._clock = clock
         self._peek = directory.peek if isinstance(directory, CachedDirectory) else None
@@ -161,7 +178,7 @@ class AccessHandler:
         if self._peek is None:
             return NOT_READY
         now = self._clock()
-        attempt = Attempt(request)
+        attempt = Attempt(request, self._methods)
         try:
             outcome = read_credentials(attempt, now)
             if outcome is None:
@@ -177,7 +194,7 @@ class AccessHandler:
 
     async def handle(self, request: Request) -> Reply:
         now = self._clock()
-        attempt = Attempt(request)
+        attempt = Attempt(request, self._methods)
         try:
             outcome = await self._decide(attempt, now)
         except Exception:  # a bug must not become an accept or a crash
@@ -186,15 +203,22 @@ class AccessHandler:
 
     def _answer(self, attempt: Attempt, outcome: Outcome, now: float) -> Reply:
         attributes = b""
+        method = attempt.method
         if outcome is Outcome.ACCEPT:
             assert attempt.subscriber is not None
             try:
                 attributes = self._renderer.accept(attempt.subscriber, attempt.request.nas, now=now)
+                if method is not None:
+                    attributes += method.accept_attributes(attempt)
             except Exception:
                 outcome = Outcome.INTERNAL_ERROR
         code = self._codes[outcome]
         if code is not None and code != Code.ACCESS_ACCEPT:
             attributes = self._renderer.reject(outcome)
+            if method is not None:
+                # On a failure the reject goes out without the method's extras.
+                with contextlib.suppress(Exception):
+                    attributes += method.reject_attributes(attempt, outcome)
         self._record(attempt, outcome, code, now)
         return Reply(code, attributes, reason=outcome.value, user_name=attempt.user_name)
 
@@ -237,6 +261,7 @@ class AccessHandler:
                 user_name=attempt.user_name or "",
                 calling_station_id=calling.decode("utf-8", "replace") if calling else None,
                 nas_ip=_nas_ip(packet.get(NAS_IP_ADDRESS), packet.get(NAS_IPV6_ADDRESS)),
+                method=attempt.method.name if attempt.method is not None else "none",
             )
         )
 

@@ -16,8 +16,12 @@ from ispcare_radius.protocol.dictionary import Dictionary
 _SESSION_TIMEOUT = bytes((27, 6))
 _FRAMED_IP_ADDRESS = bytes((8, 6))
 # (vendor, code) of attributes a plan may not set: User-Password, CHAP-Password,
-# Proxy-State, EAP-Message, Message-Authenticator, State.
-_SERVER_OWNED = frozenset({(0, 2), (0, 3), (0, 33), (0, 79), (0, 80), (0, 24)})
+# Proxy-State, EAP-Message, Message-Authenticator, State, and Microsoft's
+# MS-CHAP-Response/Error/Challenge and MS-CHAP2-Response/Success.
+_SERVER_OWNED = frozenset(
+    {(0, 2), (0, 3), (0, 33), (0, 79), (0, 80), (0, 24)}
+    | {(311, 1), (311, 2), (311, 11), (311, 25), (311, 26)}
+)
 
 
 class ReplyRenderer:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ispcare_radius.aaa.methods import DEFAULT_METHODS
 from ispcare_radius.aaa.outcome import StoreFailureAction
 from ispcare_radius.aaa.pipeline import AuthSettings
 from ispcare_radius.server.settings import ServerSettings
@@ -138,6 +139,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "cache_max_entries": (int,),
         "cache_prewarm": (bool,),
         "cache_poll_interval": (int, float),
+        "methods": (list,),
     },
     "auth_events": {
         "batch_size": (int,),
@@ -249,6 +251,13 @@ def load_config(
         on_failure = StoreFailureAction(auth.get("on_store_failure", "reject"))
     except ValueError:
         raise ConfigError("auth.on_store_failure must be 'reject' or 'no_reply'") from None
+    try:
+        auth_settings = AuthSettings(
+            on_store_failure=on_failure,
+            methods=tuple(str(m) for m in auth.get("methods", DEFAULT_METHODS)),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"auth.methods: {exc}") from None
 
     dsn = overrides.get("dsn") or env.get("ISPCARE_DSN") or db.get("dsn") or None
     database = DatabaseConfig(
@@ -305,7 +314,7 @@ def load_config(
             raise ConfigError(f"{name} must be positive")
     return Config(
         server=server,
-        auth=AuthSettings(on_store_failure=on_failure),
+        auth=auth_settings,
         database=database,
         master_key_file=Path(key_file).expanduser(),
         dictionary_dirs=(repo_dictionaries(), *extra),
