@@ -107,7 +107,7 @@ async def test_connection_cut_mid_request_fails_closed(
         settings=AuthSettings(on_store_failure=action),
     )
     server = RadiusServer(
-        ServerSettings(auth_listen=(("127.0.0.1", 0),), acct_listen=()),
+        ServerSettings(auth_listen=(("127.0.0.1", 0),), acct_listen=(), reject_delay=0),
         ClientTable([nas]),
         auth_handler=handler,
         acct_handler=None,

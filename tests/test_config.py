@@ -84,3 +84,23 @@ def test_auth_methods_are_chosen_by_name(tmp_path: Path) -> None:
     cfg.write_text('[auth]\nmethods = ["pap", "kerberos"]\n')
     with pytest.raises(ConfigError, match=r"auth\.methods"):
         load_config(cfg, env={})
+
+
+def test_reject_delay_is_read_from_the_server_section(tmp_path: Path) -> None:
+    """[server] reject_delay sets ServerSettings.reject_delay; the default is 1 s."""
+    env = {"ISPCARE_STATE_DIR": str(tmp_path)}
+    assert load_config(None, env=env).server.reject_delay == 1.0
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[server]\nreject_delay = 0.5\n")
+    assert load_config(cfg, env=env).server.reject_delay == 0.5
+    cfg.write_text("[server]\nreject_delay = 0\n")
+    assert load_config(cfg, env=env).server.reject_delay == 0
+
+
+@pytest.mark.parametrize("value", ["11", "-1", '"1"', "true", "10.01"])
+def test_bad_reject_delay_is_a_config_error(tmp_path: Path, value: str) -> None:
+    """A reject_delay that is negative, over 10 s or not a number stops the start."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[server]\nreject_delay = {value}\n")
+    with pytest.raises(ConfigError, match="reject_delay"):
+        load_config(cfg, env={"ISPCARE_STATE_DIR": str(tmp_path)})

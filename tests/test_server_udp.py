@@ -192,6 +192,8 @@ def v4_settings(**overrides: Any) -> ServerSettings:
         "auth_listen": (("127.0.0.1", 0), ("::1", 0)),
         "acct_listen": (("127.0.0.1", 0), ("::1", 0)),
         "shutdown_grace": 5.0,
+        # These tests expect prompt rejects; test_server_reject_delay covers the delay.
+        "reject_delay": 0,
     }
     values.update(overrides)
     return ServerSettings(**values)

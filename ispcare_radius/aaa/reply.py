@@ -12,6 +12,8 @@ from ispcare_radius.aaa.outcome import REPLY_MESSAGES, Outcome
 from ispcare_radius.aaa.vendors import known_vendors, profile
 from ispcare_radius.protocol.dictionary import Dictionary
 
+# RFC 2869 section 5.16: the shortest Acct-Interim-Interval sent, in seconds.
+MIN_INTERIM_INTERVAL = 60
 # RFC 2865 attribute headers (type, length) of the per-subscriber values.
 _SESSION_TIMEOUT = bytes((27, 6))
 _FRAMED_IP_ADDRESS = bytes((8, 6))
@@ -88,7 +90,13 @@ class ReplyRenderer:
         if plan.idle_timeout is not None:
             out += enc("Idle-Timeout", plan.idle_timeout)
         if plan.interim_interval is not None:
-            out += enc("Acct-Interim-Interval", plan.interim_interval)
+            # RFC 2869 section 5.16: "This value SHOULD NOT be smaller than
+            # 60."  A shorter plan value is raised to the floor, not refused.
+            out += enc("Acct-Interim-Interval", max(plan.interim_interval, MIN_INTERIM_INTERVAL))
+        if plan.simultaneous_use is not None:
+            # RFC 2865 section 5.42: Port-Limit "sets the maximum number of
+            # ports to be provided to the user by the NAS".
+            out += enc("Port-Limit", plan.simultaneous_use)
         if plan.ipv4_pool:
             out += enc("Framed-Pool", plan.ipv4_pool)
         if plan.ipv6_pool:
@@ -107,7 +115,8 @@ class ReplyRenderer:
 
         Extra reply attributes must exist in the dictionary, parse as their
         type, and not be ones the server owns (Message-Authenticator,
-        Proxy-State, EAP-Message) or that carry credentials.
+        Proxy-State, EAP-Message) or that carry credentials.  An
+        ``interim_interval`` under 60 s is accepted: it is sent as 60.
         """
         for name, text in plan.extra_reply:
             try:

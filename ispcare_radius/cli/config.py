@@ -122,6 +122,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "reuse_port": (bool,),
         "shutdown_grace": (int, float),
         "log_requests": (bool,),
+        "reject_delay": (int, float),
         "nas_reload_interval": (int, float),
     },
     "database": {
@@ -238,6 +239,7 @@ def load_config(
         "reuse_port",
         "shutdown_grace",
         "log_requests",
+        "reject_delay",
     ):
         if key in srv:
             server_kwargs[key] = srv[key]

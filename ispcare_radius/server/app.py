@@ -3,7 +3,9 @@
 Imports protocol, aaa (model and the request/reply port), and server modules;
 never store or asyncpg.  Every datagram goes through the same ordered checks
 (client, parse, code, reply cache, authenticity); each failing check drops
-the datagram with a ``DropReason`` that is counted and logged.
+the datagram with a ``DropReason`` that is counted and logged.  An
+Access-Reject is held back ``reject_delay`` seconds on a loop timer (never by
+blocking), and its key stays in progress until it is sent.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -98,6 +101,8 @@ class RadiusServer:
         self._state = "new"  # new -> running -> stopping -> stopped
         self._stopped = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
+        # Access-Rejects decided and waiting out reject_delay, by request key.
+        self._delayed: dict[CacheKey, _DelayedReject] = {}
 
     def __repr__(self) -> str:
         return f"RadiusServer(state={self._state}, in_flight={len(self._tasks)})"
@@ -152,11 +157,17 @@ class RadiusServer:
         """Requests handed to a handler and not finished yet."""
         return len(self._tasks)
 
+    @property
+    def delayed_rejects(self) -> int:
+        """Access-Rejects decided and waiting out ``reject_delay``."""
+        return len(self._delayed)
+
     async def stop(self) -> None:
         """Stop reading, let in-flight requests finish (up to ``shutdown_grace``), close.
 
         Replies of requests that finish within the grace period are still sent;
-        the rest are cancelled.  Safe to call more than once.
+        the rest are cancelled.  Access-Rejects still waiting out
+        ``reject_delay`` are sent at once.  Safe to call more than once.
         """
         if self._state in ("stopping", "stopped"):
             await self._stopped.wait()
@@ -172,6 +183,10 @@ class RadiusServer:
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
                 self._log.warning("shutdown_cancelled", requests=len(late))
+        # Rejects still waiting out their delay are sent now: a NAS must not
+        # be left without the answer that was already decided.
+        for key in list(self._delayed):
+            self._send_delayed(key)
         for endpoint in self._endpoints:
             endpoint.close()
         self._state = "stopped"
@@ -389,9 +404,19 @@ class RadiusServer:
                 message_authenticator=code in _ACCESS_REPLIES,
                 proxy_states=packet.get_all(PROXY_STATE),
             )
-            self._cache.complete(key, data, now)
-            endpoint.send(data, addr)
-            self.counters.reply(code, nas.name)
+            delay = self.settings.reject_delay
+            if code == Code.ACCESS_REJECT and delay > 0:
+                # The key stays in progress until the reject is sent, so a
+                # retransmission meanwhile is dropped (duplicate_in_progress)
+                # rather than answered ahead of the delay.
+                loop = asyncio.get_running_loop()
+                handle = loop.call_later(delay, self._send_delayed, key)
+                self._delayed[key] = _DelayedReject(handle, data, endpoint, addr, nas.name)
+                self.counters.rejects_delayed += 1
+            else:
+                self._cache.complete(key, data, now)
+                endpoint.send(data, addr)
+                self.counters.reply(code, nas.name)
         if self.settings.log_requests:
             self._log.info(
                 "request",
@@ -402,3 +427,24 @@ class RadiusServer:
                 user_name=reply.user_name if reply is not None else None,
                 latency_ms=round((now - request.received_at) * 1000.0, 3),
             )
+
+    def _send_delayed(self, key: CacheKey) -> None:
+        """Send a held-back Access-Reject (its timer fired, or the server stops)."""
+        pending = self._delayed.pop(key, None)
+        if pending is None:
+            return
+        pending.handle.cancel()
+        self._cache.complete(key, pending.data, self._clock())
+        pending.endpoint.send(pending.data, pending.addr)
+        self.counters.reply(Code.ACCESS_REJECT, pending.nas_name)
+
+
+@dataclass(frozen=True, slots=True)
+class _DelayedReject:
+    """An encoded Access-Reject waiting for its timer, and where it goes."""
+
+    handle: asyncio.TimerHandle
+    data: bytes = field(repr=False)
+    endpoint: Endpoint
+    addr: Any = field(repr=False)  # the NAS address stays out of reprs
+    nas_name: str

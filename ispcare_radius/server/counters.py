@@ -33,6 +33,7 @@ class Counters:
         "nas_drops",
         "nas_replies",
         "nas_requests",
+        "rejects_delayed",
         "replies",
         "requests",
     )
@@ -43,6 +44,8 @@ class Counters:
         self.replies: defaultdict[int, int] = defaultdict(int)
         self.duplicate_answered = 0
         self.ma_missing_observed = 0
+        # Access-Rejects held back for ``reject_delay`` before being sent.
+        self.rejects_delayed = 0
         self.nas_requests: defaultdict[str, int] = defaultdict(int)
         self.nas_replies: defaultdict[str, int] = defaultdict(int)
         self.nas_drops: defaultdict[str, int] = defaultdict(int)
@@ -76,6 +79,7 @@ class Counters:
             out[f"replies.{_code_name(code)}"] = n
         out["duplicate_answered"] = self.duplicate_answered
         out["ma_missing_observed"] = self.ma_missing_observed
+        out["rejects_delayed"] = self.rejects_delayed
         for name, n in self.nas_requests.items():
             out[f"nas.{name}.requests"] = n
         for name, n in self.nas_replies.items():

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 Listen = tuple[tuple[str, int], ...]
 
+# The longest Access-Reject delay accepted, in seconds.
+MAX_REJECT_DELAY = 10.0
+
 
 def _check_listen(name: str, listen: Listen) -> None:
     seen: set[tuple[str, int]] = set()
@@ -56,6 +59,9 @@ class ServerSettings:
     # At most one "Message-Authenticator missing" warning per NAS per interval.
     ma_warning_interval: float = 300.0
     max_attributes: int = 255
+    # Seconds an Access-Reject is held back before it is sent (0 sends at once):
+    # slows password guessing without blocking other requests.
+    reject_delay: float = 1.0
 
     def __post_init__(self) -> None:
         _check_listen("auth_listen", self.auth_listen)
@@ -65,6 +71,13 @@ class ServerSettings:
         _check_positive("reply_cache_ttl", self.reply_cache_ttl)
         _check_positive("shutdown_grace", self.shutdown_grace, zero_ok=True)
         _check_positive("ma_warning_interval", self.ma_warning_interval)
+        _check_positive("reject_delay", self.reject_delay, zero_ok=True)
+        if self.reject_delay > MAX_REJECT_DELAY:
+            # A NAS gives up on a request after a few seconds; a longer delay
+            # would turn every reject into a timeout and a failover.
+            raise ValueError(
+                f"reject_delay must be <= {MAX_REJECT_DELAY:g}, got {self.reject_delay!r}"
+            )
         for name, value, low in (
             ("reply_cache_max", self.reply_cache_max, 1),
             ("max_in_flight", self.max_in_flight, 1),

@@ -70,6 +70,9 @@ class ServerProcess:
 auth_listen = ["127.0.0.1:{self.auth_port}", "[::1]:{self.auth_port}"]
 acct_listen = ["127.0.0.1:{self.acct_port}"]
 shutdown_grace = 5
+# Short enough for radclient's 1 s timeout (tests/support/peers.py), long
+# enough to show that rejects are held back.
+reject_delay = 0.2
 
 [database]
 dsn = "{self.dsn}"
