@@ -92,12 +92,17 @@ def _attempt(request: Request, subscriber: Subscriber | None = None) -> Attempt:
 
 
 def test_every_outcome_has_a_reply_code_under_both_failure_actions() -> None:
-    """The outcome table is total; only ACCEPT accepts; storage failure follows config."""
+    """The outcome table is total; only ACCEPT and walled gardens accept; failure follows config."""
+    accepting = {
+        Outcome.ACCEPT,
+        Outcome.SUSPENDED_WALLED_GARDEN,
+        Outcome.EXPIRED_WALLED_GARDEN,
+    }
     for action in StoreFailureAction:
         table = reply_codes(action)
         assert set(table) == set(Outcome)
         for outcome, code in table.items():
-            if outcome is Outcome.ACCEPT:
+            if outcome in accepting:
                 assert code == Code.ACCESS_ACCEPT
             elif outcome is Outcome.STORE_UNAVAILABLE:
                 expected = Code.ACCESS_REJECT if action is StoreFailureAction.REJECT else None

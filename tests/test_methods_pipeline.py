@@ -399,7 +399,7 @@ async def test_fast_path_decides_like_the_async_path(dictionary: Dictionary, kin
 
 def test_registry_and_settings_refuse_unknown_names() -> None:
     """Unknown method names fail at start, with the name in the message."""
-    assert set(REGISTRY) == {"pap", "chap", "mschap", "mschapv2"}
+    assert set(REGISTRY) == {"pap", "chap", "mschap", "mschapv2", "mac"}
     assert [m.name for m in resolve(["mschapv2", "pap"])] == ["pap", "mschapv2"]
     with pytest.raises(ValueError, match="eap-gtc"):
         resolve(["pap", "eap-gtc"])

@@ -7,7 +7,7 @@ encrypted by the store. Imports only privacy (for ``Secret``).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -57,6 +57,36 @@ class Plan:
     qos_profile: str | None = None
     # Extra reply attributes as (dictionary name, value as text), sent as is.
     extra_reply: tuple[tuple[str, str], ...] = ()
+    # RFC 6911: DNS-Server-IPv6-Address (3.1) values and the
+    # Stateful-IPv6-Address-Pool (3.5) the NAS assigns DHCPv6 addresses from.
+    dns_ipv6: tuple[ipaddress.IPv6Address, ...] = ()
+    ipv6_address_pool: str | None = None
+    # Allowed login hours (aaa/hours.py syntax) read in ``time_zone`` (IANA
+    # name; None means UTC); None means any time.
+    login_hours: str | None = None
+    time_zone: str | None = None
+    # Walled-garden profile name: suspended or expired subscribers are let into
+    # it instead of rejected (see docs/vendors.md for each vendor's form).
+    walled_garden: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Per-subscriber values that replace the plan's when set (None: the plan's)."""
+
+    download_kbps: int | None = None
+    upload_kbps: int | None = None
+    session_timeout: int | None = None
+    idle_timeout: int | None = None
+
+    def apply(self, plan: Plan) -> Plan:
+        """``plan`` with every set override in place; ``plan`` itself when none differs."""
+        changes = {
+            name: value
+            for name in ("download_kbps", "upload_kbps", "session_timeout", "idle_timeout")
+            if (value := getattr(self, name)) is not None and value != getattr(plan, name)
+        }
+        return replace(plan, **changes) if changes else plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +103,12 @@ class Subscriber:
     static_ipv4: ipaddress.IPv4Address | None = field(default=None, repr=False)
     static_ipv6_prefix: ipaddress.IPv6Network | None = field(default=None, repr=False)
     mac_lock: bytes | None = field(default=None, repr=False)  # 6 bytes
+    framed_netmask: ipaddress.IPv4Address | None = field(default=None, repr=False)
+    # RFC 2865 section 5.22 text: "<prefix>/<len> <gateway> <metric>".
+    framed_routes: tuple[str, ...] = field(default=(), repr=False)
+    delegated_ipv6_prefix: ipaddress.IPv6Network | None = field(default=None, repr=False)
+    framed_ipv6_address: ipaddress.IPv6Address | None = field(default=None, repr=False)
+    overrides: Overrides | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,12 @@ class Outcome(StrEnum):
     MAC_LOCK_MISMATCH = "mac_lock_mismatch"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
+    UNKNOWN_DEVICE = "unknown_device"
+    MAC_BLOCKED = "mac_blocked"
+    OUTSIDE_LOGIN_HOURS = "outside_login_hours"
+    # Accepted into the plan's walled garden instead of rejected.
+    SUSPENDED_WALLED_GARDEN = "suspended_walled_garden"
+    EXPIRED_WALLED_GARDEN = "expired_walled_garden"
 
 
 class StoreFailureAction(StrEnum):
@@ -64,6 +70,12 @@ _BASE_TABLE: Mapping[Outcome, int | None] = MappingProxyType(
         Outcome.DEACTIVATED: _REJECT,
         Outcome.MAC_LOCK_MISMATCH: _REJECT,
         Outcome.INTERNAL_ERROR: _REJECT,
+        Outcome.UNKNOWN_DEVICE: _REJECT,
+        Outcome.MAC_BLOCKED: _REJECT,
+        Outcome.OUTSIDE_LOGIN_HOURS: _REJECT,
+        # Accepts that confine the session (see ReplyRenderer.walled_garden).
+        Outcome.SUSPENDED_WALLED_GARDEN: int(Code.ACCESS_ACCEPT),
+        Outcome.EXPIRED_WALLED_GARDEN: int(Code.ACCESS_ACCEPT),
     }
 )
 
@@ -74,6 +86,9 @@ REPLY_MESSAGES: Mapping[Outcome, str] = MappingProxyType(
         Outcome.SUSPENDED: "Account suspended",
         Outcome.EXPIRED: "Account expired",
         Outcome.DEACTIVATED: "Account deactivated",
+        Outcome.OUTSIDE_LOGIN_HOURS: "Login not allowed at this time",
+        Outcome.SUSPENDED_WALLED_GARDEN: "Account suspended",
+        Outcome.EXPIRED_WALLED_GARDEN: "Account expired",
     }
 )
 

@@ -16,13 +16,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ispcare_radius.aaa.hours import login_window
 from ispcare_radius.aaa.methods import DEFAULT_METHODS, REGISTRY, resolve
 from ispcare_radius.aaa.methods.base import Attempt, Method
+from ispcare_radius.aaa.methods.mac import Mac, mac_of
 from ispcare_radius.aaa.model import AuthEvent, AuthResult, SubscriberStatus
 from ispcare_radius.aaa.outcome import Outcome, StoreFailureAction, reply_codes
 from ispcare_radius.aaa.ports import (
+    MISS,
     AuthEventSink,
     CachedDirectory,
+    CachedMacDirectory,
+    MacDirectory,
     Miss,
     StoreUnavailable,
     SubscriberDirectory,
@@ -39,9 +44,11 @@ __all__ = [
     "Attempt",
     "AuthSettings",
     "Step",
+    "check_login_hours",
     "check_mac_lock",
     "check_password",
     "check_status",
+    "check_walled_garden",
     "read_credentials",
 ]
 
@@ -97,7 +104,20 @@ def read_credentials(attempt: Attempt, now: float) -> Outcome | None:
     if isinstance(found, Outcome):
         return found
     attempt.method = found
-    return found.read(attempt)
+    outcome = found.read(attempt)
+    mac = REGISTRY.get("mac")
+    if (
+        outcome is None
+        and found.name == "pap"
+        and isinstance(mac, Mac)
+        and mac in attempt.methods
+        and mac.takes_over(attempt)
+    ):
+        # A PAP password that is empty or the User-Name's own MAC makes this
+        # MAC auth (the precedence is documented in methods/mac.py).
+        attempt.method = mac
+        outcome = mac.read(attempt)
+    return outcome
 
 
 def check_password(attempt: Attempt, now: float) -> Outcome | None:
@@ -144,7 +164,48 @@ def check_mac_lock(attempt: Attempt, now: float) -> Outcome | None:
     return None
 
 
-DEFAULT_CHECKS: tuple[Step, ...] = (check_password, check_status, check_mac_lock)
+_WALLED_GARDEN_OUTCOMES = {
+    Outcome.SUSPENDED: Outcome.SUSPENDED_WALLED_GARDEN,
+    Outcome.EXPIRED: Outcome.EXPIRED_WALLED_GARDEN,
+}
+
+
+def check_walled_garden(attempt: Attempt, now: float) -> Outcome | None:
+    """A suspended or expired subscriber whose plan names a walled garden is let into it.
+
+    The MAC lock still applies: a locked account is not let into its walled
+    garden from another device. Other subscribers go on to ``check_status``.
+    """
+    sub = attempt.subscriber
+    assert sub is not None
+    if sub.plan is None or not sub.plan.walled_garden:
+        return None
+    garden = _WALLED_GARDEN_OUTCOMES.get(check_status(attempt, now) or Outcome.ACCEPT)
+    if garden is None:
+        return None
+    return check_mac_lock(attempt, now) or garden
+
+
+def check_login_hours(attempt: Attempt, now: float) -> Outcome | None:
+    """A plan with login hours lets its subscribers in only inside them."""
+    sub = attempt.subscriber
+    assert sub is not None
+    plan = sub.plan
+    if plan is None or not plan.login_hours:
+        return None
+    if not login_window(plan.login_hours, plan.time_zone, now=now).allowed:
+        return Outcome.OUTSIDE_LOGIN_HOURS
+    return None
+
+
+WALLED_GARDEN_OUTCOMES = frozenset(_WALLED_GARDEN_OUTCOMES.values())
+DEFAULT_CHECKS: tuple[Step, ...] = (
+    check_password,
+    check_walled_garden,
+    check_status,
+    check_mac_lock,
+    check_login_hours,
+)
 
 
 class AccessHandler:
@@ -168,6 +229,9 @@ class AccessHandler:
         self._checks = tuple(checks)
         self._clock = clock
         self._peek = directory.peek if isinstance(directory, CachedDirectory) else None
+        # Devices and the blocked-MAC list, when the directory knows them.
+        self._macs = directory if isinstance(directory, MacDirectory) else None
+        self._peek_macs = directory if isinstance(directory, CachedMacDirectory) else None
 
     def try_handle_now(self, request: Request) -> Reply | NotReady:
         """Answer at once when the subscriber is in memory; else ``NOT_READY``.
@@ -182,12 +246,10 @@ class AccessHandler:
         try:
             outcome = read_credentials(attempt, now)
             if outcome is None:
-                assert attempt.user_name is not None
-                found = self._peek(attempt.user_name)
+                found = self._peek_lookup(attempt)
                 if isinstance(found, Miss):
                     return NOT_READY
-                attempt.subscriber = found
-                outcome = self._check(attempt, now)
+                outcome = found or self._check(attempt, now)
         except Exception:  # a bug must not become an accept or a crash
             outcome = Outcome.INTERNAL_ERROR
         return self._answer(attempt, outcome, now)
@@ -212,6 +274,16 @@ class AccessHandler:
                     attributes += method.accept_attributes(attempt)
             except Exception:
                 outcome = Outcome.INTERNAL_ERROR
+        elif outcome in WALLED_GARDEN_OUTCOMES:
+            assert attempt.subscriber is not None
+            try:
+                sub, nas = attempt.subscriber, attempt.request.nas
+                attributes = self._renderer.walled_garden(sub, nas, outcome)
+                if method is not None:
+                    # An MS-CHAPv2 peer needs MS-CHAP2-Success in any accept.
+                    attributes += method.accept_attributes(attempt)
+            except Exception:
+                outcome = Outcome.INTERNAL_ERROR
         code = self._codes[outcome]
         if code is not None and code != Code.ACCESS_ACCEPT:
             attributes = self._renderer.reject(outcome)
@@ -226,12 +298,59 @@ class AccessHandler:
         outcome = read_credentials(attempt, now)
         if outcome is not None:
             return outcome
-        assert attempt.user_name is not None
         try:
-            attempt.subscriber = await self._directory.by_user_name(attempt.user_name)
+            outcome = await self._lookup(attempt)
         except StoreUnavailable:
             return Outcome.STORE_UNAVAILABLE
-        return self._check(attempt, now)
+        return outcome or self._check(attempt, now)
+
+    async def _lookup(self, attempt: Attempt) -> Outcome | None:
+        """Refuse blocked MACs, then find the subscriber: by device for MAC auth, else by name."""
+        if self._macs is not None:
+            for mac in _macs_to_screen(attempt):
+                if await self._macs.is_blocked(mac):
+                    return Outcome.MAC_BLOCKED
+        if isinstance(attempt.method, Mac):
+            assert isinstance(attempt.credentials, bytes)
+            device = None if self._macs is None else await self._macs.by_mac(attempt.credentials)
+            if device is None:
+                return Outcome.UNKNOWN_DEVICE
+            attempt.subscriber = device.subscriber
+            return None
+        assert attempt.user_name is not None
+        attempt.subscriber = await self._directory.by_user_name(attempt.user_name)
+        return None
+
+    def _peek_lookup(self, attempt: Attempt) -> Outcome | Miss | None:
+        """``_lookup`` from memory only; ``MISS`` when any answer needs storage."""
+        assert self._peek is not None
+        screen = _macs_to_screen(attempt) if self._macs is not None else ()
+        macs = self._peek_macs
+        if screen or isinstance(attempt.method, Mac):
+            if macs is None:
+                # MAC auth with a directory that knows no devices finds none.
+                return MISS if self._macs is not None else Outcome.UNKNOWN_DEVICE
+            for mac in screen:
+                blocked = macs.peek_blocked(mac)
+                if isinstance(blocked, Miss):
+                    return blocked
+                if blocked:
+                    return Outcome.MAC_BLOCKED
+        if isinstance(attempt.method, Mac):
+            assert macs is not None and isinstance(attempt.credentials, bytes)
+            device = macs.peek_mac(attempt.credentials)
+            if device is None:
+                return Outcome.UNKNOWN_DEVICE
+            if isinstance(device, Miss):
+                return device
+            attempt.subscriber = device.subscriber
+            return None
+        assert attempt.user_name is not None
+        found = self._peek(attempt.user_name)
+        if isinstance(found, Miss):
+            return found
+        attempt.subscriber = found
+        return None
 
     def _check(self, attempt: Attempt, now: float) -> Outcome:
         if attempt.subscriber is None:
@@ -264,6 +383,15 @@ class AccessHandler:
                 method=attempt.method.name if attempt.method is not None else "none",
             )
         )
+
+
+def _macs_to_screen(attempt: Attempt) -> tuple[bytes, ...]:
+    """The MACs checked against the blocked list: Calling-Station-Id's, and the
+    User-Name's for MAC auth."""
+    found = [mac_of(attempt.request.packet.get(CALLING_STATION_ID))]
+    if isinstance(attempt.method, Mac) and isinstance(attempt.credentials, bytes):
+        found.append(attempt.credentials)
+    return tuple(dict.fromkeys(m for m in found if m is not None))
 
 
 def _nas_ip(v4: bytes | None, v6: bytes | None) -> str | None:

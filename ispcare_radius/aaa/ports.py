@@ -1,10 +1,12 @@
 """The storage ports the AAA pipeline depends on; ``store`` implements them.
 
-Only ``typing.Protocol`` definitions and the one exception storage may raise.
+Only ``typing.Protocol`` definitions, the one exception storage may raise, and
+the ``Device`` value a MAC lookup returns.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol, final, runtime_checkable
 
 from ispcare_radius.aaa.model import AuthEvent, Subscriber
@@ -61,4 +63,43 @@ class AccountingRecorder(Protocol):
         """Return once ``record`` is committed to durable storage (or found
         already stored: ``Recorded.DUPLICATE``). Raises StoreUnavailable when
         it is not durable; the caller must then not acknowledge it."""
+        ...
+
+
+# --- MAC authentication ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A registered device and the subscriber it authorises, personal fields decrypted."""
+
+    id: str
+    subscriber: Subscriber
+    mac: bytes = field(repr=False)  # 6 bytes, normalised
+    raw: str = field(repr=False)  # as registered, kept for CoA towards the NAS
+
+
+@runtime_checkable
+class MacDirectory(Protocol):
+    """Optional: a directory that also knows devices and the blocked-MAC list."""
+
+    async def by_mac(self, mac: bytes) -> Device | None:
+        """The device with this 6-byte MAC, or None. Raises StoreUnavailable."""
+        ...
+
+    async def is_blocked(self, mac: bytes) -> bool:
+        """Whether this 6-byte MAC is on the blocked list. Raises StoreUnavailable."""
+        ...
+
+
+@runtime_checkable
+class CachedMacDirectory(Protocol):
+    """Optional: MAC answers from memory without waiting."""
+
+    def peek_mac(self, mac: bytes) -> Device | Miss | None:
+        """The cached device, None if known not to exist, or ``MISS``."""
+        ...
+
+    def peek_blocked(self, mac: bytes) -> bool | Miss:
+        """Whether the MAC is blocked, from memory, or ``MISS``."""
         ...

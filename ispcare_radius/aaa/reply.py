@@ -1,12 +1,16 @@
 """Renders a subscriber's plan into encoded Access-Accept attributes.
 
 The part that depends only on (plan, vendor) is encoded once and cached; the
-per-subscriber part (Session-Timeout bounded by expiry, static addresses) is
-encoded per request. Imports protocol and the aaa model only.
+per-subscriber part (Session-Timeout bounded by expiry and login hours, static
+addresses and routes) is encoded per request. A subscriber's overrides are
+applied to a derived Plan, cached under that value like any plan. Walled-garden
+accepts are cached per (profile, vendor, outcome). Imports protocol and the
+aaa model only.
 """
 
 from __future__ import annotations
 
+from ispcare_radius.aaa.hours import login_window
 from ispcare_radius.aaa.model import Nas, Plan, Subscriber
 from ispcare_radius.aaa.outcome import REPLY_MESSAGES, Outcome
 from ispcare_radius.aaa.vendors import known_vendors, profile
@@ -17,6 +21,10 @@ MIN_INTERIM_INTERVAL = 60
 # RFC 2865 attribute headers (type, length) of the per-subscriber values.
 _SESSION_TIMEOUT = bytes((27, 6))
 _FRAMED_IP_ADDRESS = bytes((8, 6))
+_FRAMED_IP_NETMASK = bytes((9, 6))
+# How long a walled-garden session lasts before the NAS asks again, so that a
+# subscriber who pays is let out within minutes (RFC 2865 section 5.27).
+WALLED_GARDEN_SESSION_TIMEOUT = 300
 # (vendor, code) of attributes a plan may not set: User-Password, CHAP-Password,
 # Proxy-State, EAP-Message, Message-Authenticator, State, and Microsoft's
 # MS-CHAP-Response/Error/Challenge and MS-CHAP2-Response/Success.
@@ -35,27 +43,76 @@ class ReplyRenderer:
         self._max_cached = max_cached_plans
         self._with_timeout: dict[tuple[Plan, str], bytes] = {}
         self._reject_cache: dict[Outcome, bytes] = {}
+        self._garden_cache: dict[tuple[str, str, Outcome], bytes] = {}
 
     def accept(self, subscriber: Subscriber, nas: Nas, *, now: float) -> bytes:
-        """Access-Accept attributes for ``subscriber`` on ``nas`` at wall time ``now``."""
+        """Access-Accept attributes for ``subscriber`` on ``nas`` at wall time ``now``.
+
+        Session-Timeout is the smallest of the plan's (or the subscriber's
+        override), the time left before expiry and the time left in the
+        plan's login hours.
+        """
         plan = subscriber.plan
+        if plan is not None and subscriber.overrides is not None:
+            plan = subscriber.overrides.apply(plan)
         session_timeout = plan.session_timeout if plan is not None else None
-        if subscriber.expires_at is None:
+        bound = _time_bound(subscriber, plan, now)
+        if bound is None:
             # The common case needs no encoding at all: one cached byte string.
             out = self._static_part(plan, nas.vendor, session_timeout)
         else:
-            # RFC 2865 section 5.27: the session ends when the account does.
-            remaining = int(subscriber.expires_at.timestamp() - now)
-            if remaining > 0 and (session_timeout is None or remaining < session_timeout):
-                session_timeout = remaining
-            out = self._static_part(plan, nas.vendor, None)
-            if session_timeout is not None:
-                out = _SESSION_TIMEOUT + session_timeout.to_bytes(4) + out
+            if session_timeout is None or bound < session_timeout:
+                session_timeout = bound
+            out = _SESSION_TIMEOUT + session_timeout.to_bytes(4)
+            out += self._static_part(plan, nas.vendor, None)
         if subscriber.static_ipv4 is not None:
             out += _FRAMED_IP_ADDRESS + subscriber.static_ipv4.packed
+            if subscriber.framed_netmask is not None:
+                out += _FRAMED_IP_NETMASK + subscriber.framed_netmask.packed
+        return out + self._addressing(subscriber)
+
+    def _addressing(self, subscriber: Subscriber) -> bytes:
+        enc = self._dict.encode
+        out = b""
+        for route in subscriber.framed_routes:
+            # RFC 2865 section 5.22: "a destination prefix in dotted quad form
+            # optionally followed by a slash and a decimal length specifier
+            # stating how many high order bits of the prefix to use.  That is
+            # followed by a space, a gateway address in dotted quad form, a
+            # space, and one or more metrics separated by spaces."
+            out += enc("Framed-Route", route)
         if subscriber.static_ipv6_prefix is not None:
-            out += self._dict.encode("Framed-IPv6-Prefix", subscriber.static_ipv6_prefix)
+            out += enc("Framed-IPv6-Prefix", subscriber.static_ipv6_prefix)
+        if subscriber.delegated_ipv6_prefix is not None:
+            out += enc("Delegated-IPv6-Prefix", subscriber.delegated_ipv6_prefix)
+        if subscriber.framed_ipv6_address is not None:
+            out += enc("Framed-IPv6-Address", subscriber.framed_ipv6_address)
         return out
+
+    def walled_garden(self, subscriber: Subscriber, nas: Nas, outcome: Outcome) -> bytes:
+        """Access-Accept attributes confining ``subscriber`` to the plan's walled garden.
+
+        Only the vendor's walled-garden form, a Reply-Message saying why and a
+        short Session-Timeout: no rate limit, pool, static address or route of
+        the normal service.
+        """
+        plan = subscriber.plan
+        if plan is None or not plan.walled_garden:
+            raise ValueError("the subscriber's plan has no walled garden")
+        key = (plan.walled_garden, nas.vendor, outcome)
+        cached = self._garden_cache.get(key)
+        if cached is None:
+            enc = self._dict.encode
+            out = _SESSION_TIMEOUT + WALLED_GARDEN_SESSION_TIMEOUT.to_bytes(4)
+            message = REPLY_MESSAGES.get(outcome)
+            if message:
+                out += enc("Reply-Message", message)
+            for name, value in profile(nas.vendor).walled_garden(plan.walled_garden):
+                out += enc(name, value)
+            if len(self._garden_cache) >= self._max_cached:
+                self._garden_cache.clear()
+            cached = self._garden_cache[key] = out
+        return cached
 
     def _static_part(self, plan: Plan | None, vendor: str, session_timeout: int | None) -> bytes:
         head = b"" if session_timeout is None else _SESSION_TIMEOUT + session_timeout.to_bytes(4)
@@ -101,6 +158,12 @@ class ReplyRenderer:
             out += enc("Framed-Pool", plan.ipv4_pool)
         if plan.ipv6_pool:
             out += enc("Delegated-IPv6-Prefix-Pool", plan.ipv6_pool)
+        if plan.ipv6_address_pool:
+            out += enc("Stateful-IPv6-Address-Pool", plan.ipv6_address_pool)
+        for server in plan.dns_ipv6:
+            # RFC 6911 section 3.1: "the attribute MAY appear multiple times"
+            # for several DNS servers, in order of preference.
+            out += enc("DNS-Server-IPv6-Address", server)
         for name, value in profile(vendor).render(plan):
             out += enc(name, value)
         for name, text in plan.extra_reply:
@@ -131,3 +194,21 @@ class ReplyRenderer:
                 raise ValueError(f"bad value for {defn.name}") from None
         for vendor in known_vendors():
             self._plan_part(plan, vendor)
+            if plan.walled_garden:
+                for name, value in profile(vendor).walled_garden(plan.walled_garden):
+                    self._dict.encode(name, value)
+
+
+def _time_bound(subscriber: Subscriber, plan: Plan | None, now: float) -> int | None:
+    """Seconds until the account expires or the login window closes, if either applies."""
+    bound: int | None = None
+    if subscriber.expires_at is not None:
+        # RFC 2865 section 5.27: the session ends when the account does.
+        remaining = int(subscriber.expires_at.timestamp() - now)
+        if remaining > 0:
+            bound = remaining
+    if plan is not None and plan.login_hours:
+        window = login_window(plan.login_hours, plan.time_zone, now=now)
+        if window.remaining is not None and (bound is None or window.remaining < bound):
+            bound = window.remaining
+    return bound

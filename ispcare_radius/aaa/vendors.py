@@ -44,6 +44,16 @@ class VendorProfile(Protocol):
         """Every vendor attribute of an Access-Accept for ``plan``: speeds first."""
         ...
 
+    def walled_garden(self, name: str) -> AttributeValues:
+        """The attributes that put a session in the walled-garden profile ``name``."""
+        ...
+
+
+def _filter_id(name: str) -> AttributeValues:
+    # RFC 2865 section 5.11: Filter-Id "indicates the name of the filter list
+    # for this user"; the NAS maps the name to its walled-garden filter.
+    return [("Filter-Id", name)]
+
 
 def _k(kbps: int) -> str:
     return f"{kbps}k"
@@ -66,6 +76,10 @@ class Generic:
     def render(self, plan: Plan) -> AttributeValues:
         """Nothing beyond the RFC attributes the renderer adds itself."""
         return []
+
+    def walled_garden(self, name: str) -> AttributeValues:
+        """``Filter-Id`` naming the walled-garden filter."""
+        return _filter_id(name)
 
 
 class Mikrotik:
@@ -98,6 +112,10 @@ class Mikrotik:
         if plan.ipv6_pool:
             out.append(("Mikrotik-Delegated-IPv6-Pool", plan.ipv6_pool))
         return out
+
+    def walled_garden(self, name: str) -> AttributeValues:
+        """``Mikrotik-Address-List``: the firewall confines addresses on that list."""
+        return [("Mikrotik-Address-List", name)]
 
 
 class Cisco:
@@ -146,6 +164,12 @@ class Cisco:
             out.append(("Cisco-AVPair", f"ip:addr-pool={plan.ipv4_pool}"))
         return out
 
+    def walled_garden(self, name: str) -> AttributeValues:
+        """An address pool named ``name`` (ACLs on the router confine its range)."""
+        if self._pool_avpair:
+            return [("Cisco-AVPair", f"ip:addr-pool={name}")]
+        return [("Framed-Pool", name)]
+
 
 class Juniper:
     """Juniper (Unisphere / ERX, vendor 4874) QoS profile and address pool names.
@@ -176,6 +200,10 @@ class Juniper:
         # (added by the renderer): the shipped ERX dictionary has no
         # ERX-IPv6-Delegated-Pool-Name.
         return out
+
+    def walled_garden(self, name: str) -> AttributeValues:
+        """``ERX-Address-Pool-Name``: a pool whose range the router confines."""
+        return [("ERX-Address-Pool-Name", name)]
 
 
 class Huawei:
@@ -208,6 +236,10 @@ class Huawei:
             out.append(("Huawei-QoS-Profile-Name", plan.qos_profile))
         return out
 
+    def walled_garden(self, name: str) -> AttributeValues:
+        """``Filter-Id`` naming the walled-garden ACL / user group."""
+        return _filter_id(name)
+
 
 class Wispr:
     """WISPr 1.0 bandwidth limits in bit/s (Ubiquiti EdgeOS / UniFi hotspots).
@@ -229,6 +261,10 @@ class Wispr:
     def render(self, plan: Plan) -> AttributeValues:
         """Only the bandwidth limits."""
         return self.rate_limit(plan)
+
+    def walled_garden(self, name: str) -> AttributeValues:
+        """``Filter-Id`` naming the walled-garden filter."""
+        return _filter_id(name)
 
 
 class ChilliSpot:
@@ -255,6 +291,10 @@ class ChilliSpot:
         """Only the bandwidth limits."""
         return self.rate_limit(plan)
 
+    def walled_garden(self, name: str) -> AttributeValues:
+        """``Filter-Id`` naming the walled-garden filter."""
+        return _filter_id(name)
+
 
 class AccelPpp:
     """accel-ppp's default shaper input: ``Filter-Id = "<down>/<up>"`` in kbit/s.
@@ -276,6 +316,10 @@ class AccelPpp:
     def render(self, plan: Plan) -> AttributeValues:
         """Only the shaper Filter-Id (pools travel as Framed-Pool)."""
         return self.rate_limit(plan)
+
+    def walled_garden(self, name: str) -> AttributeValues:
+        """``Framed-Pool``: Filter-Id is the shaper's input here, so the pool confines."""
+        return [("Framed-Pool", name)]
 
 
 _REGISTRY: dict[str, Callable[[], VendorProfile]] = {

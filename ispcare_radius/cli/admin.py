@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import getpass
+import ipaddress
 import secrets
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from ispcare_radius.aaa.model import Plan
 from ispcare_radius.aaa.reply import ReplyRenderer
-from ispcare_radius.cli.args import die
+from ispcare_radius.cli.args import CLEARABLE_POLICY, POLICY_OPTIONS, die
 from ispcare_radius.cli.config import Config, ConfigError
 from ispcare_radius.cli.runtime import Store, load_dictionaries, open_store
 from ispcare_radius.privacy.blind import normalize_mac
@@ -41,6 +42,10 @@ async def run_admin(config: Config, args: argparse.Namespace) -> int:
     async with open_store(config) as store:
         if args.command == "plan":
             return await _plan(store, args, config)
+        if args.command == "device":
+            from ispcare_radius.cli.devices import run_device
+
+            return await run_device(store, args)
         handler = {"nas": _nas, "subscriber": _subscriber}[args.command]
         return await handler(store, args)
 
@@ -119,19 +124,38 @@ _PLAN_FIELDS = {
     "ipv6_pool": "ipv6_pool",
     "address_list": "address_list",
     "qos_profile": "qos_profile",
+    "login_hours": "login_hours",
+    "time_zone": "time_zone",
+    "walled_garden": "walled_garden",
+    "ipv6_address_pool": "ipv6_address_pool",
 }
+
+
+def _dns_ipv6(texts: list[str]) -> tuple[ipaddress.IPv6Address, ...]:
+    try:
+        return tuple(ipaddress.IPv6Address(t) for t in texts)
+    except ValueError:
+        die("--dns-ipv6 is not an IPv6 address", 2)
 
 
 async def _plan(store: Store, args: argparse.Namespace, config: Config) -> int:
     if args.action == "add":
         fields = {dst: getattr(args, src) for src, dst in _PLAN_FIELDS.items()}
-        candidate = Plan(id=0, name=args.name, extra_reply=tuple(args.reply), **fields)
+        dns = _dns_ipv6(args.dns_ipv6)
+        candidate = Plan(
+            id=0, name=args.name, extra_reply=tuple(args.reply), dns_ipv6=dns, **fields
+        )
         try:
             ReplyRenderer(load_dictionaries(config.dictionary_dirs)).check_plan(candidate)
         except ValueError as exc:
             die(f"plan {args.name!r}: {exc}", 2)
         try:
-            plan = await store.plans.add(name=args.name, extra_reply=tuple(args.reply), **fields)
+            plan = await store.plans.add(
+                name=args.name,
+                extra_reply=tuple(args.reply),
+                dns_ipv6=[str(a) for a in dns],
+                **fields,
+            )
         except ValueError as exc:
             die(str(exc))
         print(f"added plan {plan.name}")
@@ -201,6 +225,7 @@ async def _subscriber(store: Store, args: argparse.Namespace) -> int:
                 static_ipv4=args.static_ip,
                 mac_lock=_mac(args.mac_lock),
                 account_ref=args.account_ref,
+                **_policy_options(args),
             )
             print(f"added subscriber id {sid}")
             return 0
@@ -227,7 +252,11 @@ async def _subscriber(store: Store, args: argparse.Namespace) -> int:
                     changes[key] = getattr(args, opt)
             if args.mac_lock is not None:
                 changes["mac_lock"] = _mac(args.mac_lock)
+            changes.update(_policy_options(args))
             for cleared in args.clear:
+                if cleared in CLEARABLE_POLICY:
+                    changes[CLEARABLE_POLICY[cleared]] = None
+                    continue
                 key = {
                     "expires": "expires_at",
                     "static-ip": "static_ipv4",
@@ -256,6 +285,15 @@ async def _subscriber(store: Store, args: argparse.Namespace) -> int:
     except ValueError as exc:
         die(str(exc))
     raise ConfigError(f"unknown action {action}")
+
+
+def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The reply-policy options given on the command line, by repository field."""
+    return {
+        field: getattr(args, opt)
+        for opt, field in POLICY_OPTIONS.items()
+        if getattr(args, opt) is not None
+    }
 
 
 def _list_row(view: Any) -> dict[str, Any]:

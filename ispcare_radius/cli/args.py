@@ -98,6 +98,21 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address-list", help="MikroTik address list for the subscriber")
     p.add_argument("--qos-profile", help="QoS profile / policy name (Juniper, Cisco, Huawei)")
     p.add_argument(
+        "--login-hours", help="allowed login hours, e.g. Wk0800-1800,Sa0900-1300 (docs/vendors.md)"
+    )
+    p.add_argument("--time-zone", help="IANA time zone of --login-hours (default UTC)")
+    p.add_argument(
+        "--walled-garden", help="profile suspended/expired subscribers are let into, not rejected"
+    )
+    p.add_argument(
+        "--dns-ipv6",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="IPv6 DNS server, DNS-Server-IPv6-Address (repeatable)",
+    )
+    p.add_argument("--ipv6-address-pool", help="DHCPv6 pool name (Stateful-IPv6-Address-Pool)")
+    p.add_argument(
         "--reply",
         type=reply_pair,
         action="append",
@@ -116,14 +131,58 @@ def _subscriber_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
     p.add_argument("--static-ip", type=ipv4)
     p.add_argument("--mac-lock", help="only this MAC may log in")
     p.add_argument("--account-ref", help="the billing system's account id")
+    p.add_argument("--netmask", help="Framed-IP-Netmask of the static IP (255.255.255.248 or /29)")
+    p.add_argument(
+        "--route",
+        action="append",
+        metavar="PREFIX [GATEWAY [METRIC]]",
+        help="routed subnet, Framed-Route (repeatable; on set, replaces all routes)",
+    )
+    p.add_argument("--delegated-prefix", help="Delegated-IPv6-Prefix, e.g. 2001:db8:1::/56")
+    p.add_argument("--ipv6-address", help="Framed-IPv6-Address")
+    p.add_argument("--download", type=speed_kbps, help="override the plan's download speed")
+    p.add_argument("--upload", type=speed_kbps, help="override the plan's upload speed")
+    p.add_argument("--session-timeout", type=seconds, help="override the plan's session timeout")
+    p.add_argument("--idle-timeout", type=seconds, help="override the plan's idle timeout")
     if not adding:
         p.add_argument(
             "--clear",
             action="append",
             default=[],
-            choices=["expires", "static-ip", "mac-lock", "plan", "account-ref"],
+            choices=[
+                "expires",
+                "static-ip",
+                "mac-lock",
+                "plan",
+                "account-ref",
+                *CLEARABLE_POLICY,
+            ],
             help="remove a value (repeatable)",
         )
+
+
+# ``subscriber set --clear`` choices of the reply-policy fields -> repository field.
+CLEARABLE_POLICY = {
+    "netmask": "framed_netmask",
+    "routes": "framed_routes",
+    "delegated-prefix": "delegated_ipv6_prefix",
+    "ipv6-address": "framed_ipv6_address",
+    "download": "download_kbps",
+    "upload": "upload_kbps",
+    "session-timeout": "session_timeout",
+    "idle-timeout": "idle_timeout",
+}
+# ``subscriber add/set`` options of the reply-policy fields -> repository field.
+POLICY_OPTIONS = {
+    "netmask": "framed_netmask",
+    "route": "framed_routes",
+    "delegated_prefix": "delegated_ipv6_prefix",
+    "ipv6_address": "framed_ipv6_address",
+    "download": "download_kbps",
+    "upload": "upload_kbps",
+    "session_timeout": "session_timeout",
+    "idle_timeout": "idle_timeout",
+}
 
 
 def build_parser() -> OneLineParser:
@@ -200,6 +259,9 @@ def build_parser() -> OneLineParser:
         help="CSV: user_name,password[,plan,status,expires_at,static_ipv4,mac_lock,account_ref]",
     )
     p.add_argument("--no-progress", action="store_true")
+    from ispcare_radius.cli.devices import add_device_parser
+
+    add_device_parser(sub)
     return parser
 
 

@@ -19,12 +19,19 @@ from typing import Final
 import asyncpg
 
 from ispcare_radius.aaa.model import Subscriber
-from ispcare_radius.aaa.ports import MISS, Miss, StoreUnavailable
+from ispcare_radius.aaa.ports import MISS, Device, Miss, StoreUnavailable
 from ispcare_radius.privacy.blind import normalize_user_name
 from ispcare_radius.privacy.crypto import DecryptError
 from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store import fields
 from ispcare_radius.store.db import Connection, Pool, acquire, unavailable_as_store_error
+from ispcare_radius.store.devices import (
+    DeviceCache,
+    device_blind,
+    device_select,
+    load_blocked,
+    open_device_mac,
+)
 from ispcare_radius.store.fields import Column, LookupKind
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
 from ispcare_radius.store.plans import plan_from_record, plan_select_list
@@ -37,10 +44,14 @@ _SELECT: Final = (
     " s.expires_at, s.account_ref,"
     " s.wrapped_key, s.user_name_enc, s.password_enc, s.static_ipv4_enc, s.static_ipv6_enc,"
     " s.mac_lock_enc, "
+    + fields.policy_select("s")
+    + ", "
     + plan_select_list("p", "plan_")
     + " FROM subscriber_lookup l JOIN subscribers s ON s.id = l.subscriber_id"
     " LEFT JOIN plans p ON p.id = s.plan_id WHERE l.kind = 'user_name'"
 )
+# The same subscriber columns, found through a device MAC (kind 'device_mac').
+_SELECT_BY_DEVICE: Final = device_select(_SELECT)
 # Changes made without a NOTIFY (the billing system writes subscribers too);
 # every writer sets updated_at = now() (migration 0003).
 # One round trip, and one row (id NULL) when nothing changed.
@@ -111,6 +122,9 @@ class CachedSubscriberDirectory:
         self._poll_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._progress = asyncio.Condition()
+        self._devices = DeviceCache(
+            max_entries=max_entries, negative_max_entries=negative_max_entries
+        )
         self.hits = 0
         self.misses = 0
         self.notifications = 0
@@ -257,6 +271,7 @@ class CachedSubscriberDirectory:
         # A new or renamed subscriber may match a name cached as unknown.
         if self._negative:
             self._negative = {}
+        self._devices.drop_subscriber(subscriber_id)
 
     def clear(self) -> None:
         """Drop every cached entry and data key."""
@@ -264,6 +279,7 @@ class CachedSubscriberDirectory:
         self._entries.clear()
         self._by_id.clear()
         self._negative = {}
+        self._devices.clear()
         self._data_keys.clear()
         self._poll_since = None
         self._poll_seen.clear()
@@ -292,6 +308,71 @@ class CachedSubscriberDirectory:
                 )
                 loaded += 1
         return loaded
+
+    # --- devices (MAC authentication) and the blocked-MAC list ---------------
+
+    def peek_mac(self, mac: bytes) -> Device | Miss | None:
+        """From memory only: the device with this MAC, None if known unknown, or ``MISS``."""
+        return self._devices.get(device_blind(self._index, mac), self._clock())
+
+    async def by_mac(self, mac: bytes) -> Device | None:
+        """The device with this 6-byte MAC and its subscriber, or None; StoreUnavailable."""
+        blind = device_blind(self._index, mac)
+        cached = self._devices.get(blind, self._clock())
+        if not isinstance(cached, Miss):
+            return cached
+        now = self._clock()
+        generation = self._generation
+        async with acquire(self._pool) as conn:
+            record = await conn.fetchrow(f"{_SELECT_BY_DEVICE} AND l.blind = $1", blind)
+        device = None if record is None else self._decode_device(record, mac)
+        if generation == self._generation:
+            if device is not None:
+                self._devices.put(blind, device, now + self._ttl)
+                if self._poll_since is None:
+                    assert record is not None
+                    self._poll_since = record["read_at"]
+            elif self._negative_ttl > 0:
+                self._devices.put_unknown(blind, now + self._negative_ttl)
+        return device
+
+    def _decode_device(self, record: asyncpg.Record, mac: bytes) -> Device | None:
+        sid = int(record["id"])
+        try:
+            cipher = self._data_keys.cipher(sid, bytes(record["wrapped_key"]))
+            subscriber = fields.subscriber_from_record(
+                record, cipher, plan_from_record(record, "plan_")
+            )
+            stored, raw = open_device_mac(
+                cipher, record["device_id"], sid, bytes(record["device_mac_enc"])
+            )
+        except (DecryptError, ValueError) as exc:
+            _log.error("device_decrypt_failed", subscriber_id=sid, error=type(exc).__name__)
+            raise StoreUnavailable("stored device data could not be decrypted") from exc
+        # The lookup and blind columns are not sealed; the sealed MAC decides.
+        if not hmac.compare_digest(stored, mac):
+            self.mismatches += 1
+            _log.warning("device_lookup_mismatch", subscriber_id=sid)
+            return None
+        return Device(id=record["device_id"], subscriber=subscriber, mac=stored, raw=raw)
+
+    def peek_blocked(self, mac: bytes) -> bool | Miss:
+        """From memory only: whether this MAC is blocked, or ``MISS``."""
+        return self._devices.blocked(device_blind(self._index, mac), self._clock())
+
+    async def is_blocked(self, mac: bytes) -> bool:
+        """Whether this 6-byte MAC is blocked; reloads the list once it is ``ttl`` old."""
+        blind = device_blind(self._index, mac)
+        cached = self._devices.blocked(blind, self._clock())
+        if not isinstance(cached, Miss):
+            return cached
+        now = self._clock()
+        generation = self._generation
+        async with acquire(self._pool) as conn:
+            blocked = await load_blocked(conn)
+        if generation == self._generation:
+            self._devices.set_blocked(blocked, now + self._ttl)
+        return blind in blocked
 
     # --- changes made without a hint ----------------------------------------
 

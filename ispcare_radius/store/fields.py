@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 
-from ispcare_radius.aaa.model import Plan, Subscriber, SubscriberStatus
+from ispcare_radius.aaa.model import Overrides, Plan, Subscriber, SubscriberStatus
 from ispcare_radius.privacy.blind import BlindIndex, normalize_mac, normalize_user_name
 from ispcare_radius.privacy.crypto import FieldCipher, field_aad
 from ispcare_radius.privacy.secret import Secret
@@ -45,6 +45,32 @@ class Column(StrEnum):
     STATIC_IPV4 = "static_ipv4"
     STATIC_IPV6 = "static_ipv6"
     MAC_LOCK = "mac_lock"
+    FRAMED_NETMASK = "framed_netmask"
+    FRAMED_ROUTES = "framed_routes"
+    DELEGATED_IPV6 = "delegated_ipv6"
+    FRAMED_IPV6_ADDRESS = "framed_ipv6_address"
+
+
+# Per-subscriber overrides of plan values: (Overrides field, column).
+OVERRIDE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("download_kbps", "override_download_kbps"),
+    ("upload_kbps", "override_upload_kbps"),
+    ("session_timeout", "override_session_timeout"),
+    ("idle_timeout", "override_idle_timeout"),
+)
+# Columns added by migration 0006, read with every subscriber row.
+POLICY_COLUMNS: Final[tuple[str, ...]] = (
+    "framed_netmask_enc",
+    "framed_routes_enc",
+    "delegated_ipv6_enc",
+    "framed_ipv6_address_enc",
+    *(column for _, column in OVERRIDE_COLUMNS),
+)
+
+
+def policy_select(alias: str) -> str:
+    """``alias.col, ...`` for the reply-policy columns of ``subscribers``."""
+    return ", ".join(f"{alias}.{col}" for col in POLICY_COLUMNS)
 
 
 def aad(column: Column, subscriber_id: int) -> bytes:
@@ -99,6 +125,50 @@ def parse_ipv6_prefix(text: str) -> ipaddress.IPv6Network:
         raise ValueError("static IPv6 prefix is not a valid IPv6 network") from None
 
 
+def parse_netmask(text: str) -> ipaddress.IPv4Address:
+    """A contiguous IPv4 netmask (``255.255.255.248`` or ``/29``); ValueError otherwise."""
+    try:
+        bits = text.strip().removeprefix("/")
+        length = int(bits) if bits.isdigit() else ipaddress.IPv4Network(f"0.0.0.0/{bits}").prefixlen
+        return ipaddress.IPv4Network(f"0.0.0.0/{length}").netmask
+    except ValueError:
+        raise ValueError("netmask is not a valid IPv4 netmask") from None
+
+
+def parse_route(text: str) -> str:
+    """A Framed-Route in its canonical text ``<prefix>/<len> <gateway> <metric>``.
+
+    Accepts the prefix alone (gateway ``0.0.0.0``, meaning the subscriber's
+    own address, and metric 1) or with gateway and metrics; ValueError
+    without the value otherwise.
+    """
+    parts = text.split()
+    try:
+        if not 1 <= len(parts) <= 3:
+            raise ValueError
+        prefix = ipaddress.IPv4Network(parts[0], strict=True)
+        gateway = ipaddress.IPv4Address(parts[1]) if len(parts) > 1 else None
+        metric = int(parts[2]) if len(parts) > 2 else 1
+        if not 0 <= metric <= 0xFFFF:
+            raise ValueError
+    except ValueError:
+        raise ValueError("route is not '<prefix>/<len> [<gateway> [<metric>]]'") from None
+    return f"{prefix} {gateway or '0.0.0.0'} {metric}"
+
+
+def parse_ipv6_address(text: str) -> ipaddress.IPv6Address:
+    """An IPv6 address; ValueError without the value otherwise."""
+    try:
+        return ipaddress.IPv6Address(text.strip())
+    except ValueError:
+        raise ValueError("IPv6 address is not valid") from None
+
+
+def encode_routes(routes: tuple[str, ...]) -> bytes | None:
+    """Canonical routes joined by newlines, or None for none."""
+    return "\n".join(routes).encode("ascii") if routes else None
+
+
 def _domain(kind: IndexKind | LookupKind, value: bytes) -> bytes:
     # Domain separation: the same bytes as a user name, a MAC lock, a static
     # IPv4 or a device MAC give unrelated indexes, so equal blinds in two
@@ -145,4 +215,27 @@ def subscriber_from_record(
         static_ipv4=None if ipv4 is None else ipaddress.IPv4Address(ipv4),
         static_ipv6_prefix=None if ipv6 is None else ipaddress.IPv6Network(ipv6.decode("ascii")),
         mac_lock=unseal(cipher, Column.MAC_LOCK, sid, record["mac_lock_enc"]),
+        **policy_from_record(record, cipher),
     )
+
+
+def policy_from_record(record: asyncpg.Record, cipher: FieldCipher) -> dict[str, Any]:
+    """The reply-policy fields of a subscribers row (POLICY_COLUMNS), decrypted.
+
+    Keyed by the ``Subscriber`` field names they fill.
+    """
+    sid = int(record["id"])
+    netmask = unseal(cipher, Column.FRAMED_NETMASK, sid, record["framed_netmask_enc"])
+    routes = unseal(cipher, Column.FRAMED_ROUTES, sid, record["framed_routes_enc"])
+    delegated = unseal(cipher, Column.DELEGATED_IPV6, sid, record["delegated_ipv6_enc"])
+    v6addr = unseal(cipher, Column.FRAMED_IPV6_ADDRESS, sid, record["framed_ipv6_address_enc"])
+    overrides = {f: record[col] for f, col in OVERRIDE_COLUMNS if record[col] is not None}
+    return {
+        "framed_netmask": None if netmask is None else ipaddress.IPv4Address(netmask),
+        "framed_routes": () if routes is None else tuple(routes.decode("ascii").split("\n")),
+        "delegated_ipv6_prefix": (
+            None if delegated is None else ipaddress.IPv6Network(delegated.decode("ascii"))
+        ),
+        "framed_ipv6_address": None if v6addr is None else ipaddress.IPv6Address(v6addr),
+        "overrides": Overrides(**overrides) if overrides else None,
+    }

@@ -5,11 +5,13 @@ Imports aaa.model and store.db; never server or cli.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import asyncpg
 
+from ispcare_radius.aaa.hours import check_time_zone, parse_login_hours
 from ispcare_radius.aaa.model import Plan
 from ispcare_radius.store.db import Pool, acquire
 
@@ -31,9 +33,19 @@ PLAN_VALUE_FIELDS: Final[tuple[str, ...]] = (
     "ipv6_pool",
     "address_list",
     "qos_profile",
+    "ipv6_address_pool",
+    "login_hours",
+    "time_zone",
+    "walled_garden",
 )
 _INT_FIELDS: Final = frozenset(PLAN_VALUE_FIELDS[:11])
-PLAN_COLUMNS: Final[tuple[str, ...]] = ("id", "name", *PLAN_VALUE_FIELDS, "extra_reply")
+PLAN_COLUMNS: Final[tuple[str, ...]] = (
+    "id",
+    "name",
+    *PLAN_VALUE_FIELDS,
+    "extra_reply",
+    "dns_ipv6",
+)
 
 
 def plan_select_list(alias: str, prefix: str) -> str:
@@ -51,6 +63,7 @@ def plan_from_record(record: asyncpg.Record, prefix: str = "") -> Plan | None:
         id=int(plan_id),
         name=str(record[f"{prefix}name"]),
         extra_reply=tuple((str(name), str(value)) for name, value in extra),
+        dns_ipv6=tuple(ipaddress.IPv6Address(a) for a in record[f"{prefix}dns_ipv6"] or ()),
         **{f: record[f"{prefix}{f}"] for f in PLAN_VALUE_FIELDS},
     )
 
@@ -64,6 +77,17 @@ def _check_values(values: Mapping[str, Any]) -> None:
                 raise ValueError(f"plan field {name} must be a non-negative integer")
         elif not isinstance(value, str) or not value:
             raise ValueError(f"plan field {name} must be a non-empty string")
+    if values.get("login_hours") is not None:
+        parse_login_hours(values["login_hours"])
+    if values.get("time_zone") is not None:
+        check_time_zone(values["time_zone"])
+
+
+def _dns_ipv6(servers: Sequence[str]) -> list[str]:
+    try:
+        return [str(ipaddress.IPv6Address(text.strip())) for text in servers]
+    except ValueError:
+        raise ValueError("plan field dns_ipv6 must hold IPv6 addresses") from None
 
 
 class PlanRepository:
@@ -92,6 +116,11 @@ class PlanRepository:
         address_list: str | None = None,
         qos_profile: str | None = None,
         extra_reply: Sequence[tuple[str, str]] = (),
+        dns_ipv6: Sequence[str] = (),
+        ipv6_address_pool: str | None = None,
+        login_hours: str | None = None,
+        time_zone: str | None = None,
+        walled_garden: str | None = None,
     ) -> Plan:
         """Store a new plan; ValueError for a taken name or an invalid value."""
         if not name or not name.strip():
@@ -112,13 +141,17 @@ class PlanRepository:
             "ipv6_pool": ipv6_pool,
             "address_list": address_list,
             "qos_profile": qos_profile,
+            "ipv6_address_pool": ipv6_address_pool,
+            "login_hours": login_hours,
+            "time_zone": time_zone,
+            "walled_garden": walled_garden,
         }
         _check_values(values)
         extra = [[str(attr), str(value)] for attr, value in extra_reply]
         if any(not attr for attr, _ in extra):
             raise ValueError("extra reply attribute names must not be empty")
-        columns = ["name", *PLAN_VALUE_FIELDS, "extra_reply"]
-        params = [name, *(values[f] for f in PLAN_VALUE_FIELDS), extra]
+        columns = ["name", *PLAN_VALUE_FIELDS, "extra_reply", "dns_ipv6"]
+        params = [name, *(values[f] for f in PLAN_VALUE_FIELDS), extra, _dns_ipv6(dns_ipv6)]
         placeholders = ", ".join(f"${i}" for i in range(1, len(params) + 1))
         query = (
             f"INSERT INTO plans ({', '.join(columns)}) VALUES ({placeholders})"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -15,8 +15,9 @@ from typing import Any, Final, Literal
 
 import asyncpg
 
-from ispcare_radius.aaa.model import SubscriberStatus
+from ispcare_radius.aaa.model import Overrides, SubscriberStatus
 from ispcare_radius.privacy.blind import normalize_user_name
+from ispcare_radius.privacy.crypto import FieldCipher
 from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store import fields
@@ -39,8 +40,9 @@ _DUPLICATE_MESSAGES: Final = {
 _VIEW_SELECT: Final = (
     "SELECT s.id, s.status, s.expires_at, s.account_ref, s.wrapped_key, s.user_name_enc,"
     " s.password_enc IS NOT NULL AS has_password, s.static_ipv4_enc, s.static_ipv6_enc,"
-    " s.mac_lock_enc, s.created_at, s.updated_at, p.name AS plan_name"
-    " FROM subscribers s LEFT JOIN plans p ON p.id = s.plan_id"
+    " s.mac_lock_enc, s.created_at, s.updated_at, p.name AS plan_name, "
+    + fields.policy_select("s")
+    + " FROM subscribers s LEFT JOIN plans p ON p.id = s.plan_id"
 )
 
 
@@ -68,6 +70,57 @@ class SubscriberView:
     has_password: bool
     created_at: datetime
     updated_at: datetime
+    framed_netmask: ipaddress.IPv4Address | None = field(default=None, repr=False)
+    framed_routes: tuple[str, ...] = field(default=(), repr=False)
+    delegated_ipv6_prefix: ipaddress.IPv6Network | None = field(default=None, repr=False)
+    framed_ipv6_address: ipaddress.IPv6Address | None = field(default=None, repr=False)
+    overrides: Overrides | None = None
+
+
+_SEALED: Final = {
+    "framed_netmask": Column.FRAMED_NETMASK,
+    "framed_routes": Column.FRAMED_ROUTES,
+    "delegated_ipv6_prefix": Column.DELEGATED_IPV6,
+    "framed_ipv6_address": Column.FRAMED_IPV6_ADDRESS,
+}
+
+
+def _encode_policy(name: str, value: Any) -> bytes | None:
+    if name == "framed_netmask":
+        return fields.parse_netmask(value).packed
+    if name == "framed_routes":
+        return fields.encode_routes(tuple(fields.parse_route(r) for r in value))
+    if name == "delegated_ipv6_prefix":
+        return str(fields.parse_ipv6_prefix(value)).encode("ascii")
+    return fields.parse_ipv6_address(value).packed
+
+
+def _policy_changes(cipher: FieldCipher, sid: int, values: dict[str, Any]) -> dict[str, Any]:
+    """Column -> stored value for the given policy fields (None clears; UNSET skips)."""
+    overrides = dict(fields.OVERRIDE_COLUMNS)
+    changes: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is UNSET:
+            continue
+        if name in _SEALED:
+            column = _SEALED[name]
+            plain = None if value is None else _encode_policy(name, value)
+            changes[f"{column.value}_enc"] = fields.seal(cipher, column, sid, plain)
+        else:
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"override {name} must be a non-negative integer")
+            changes[overrides[name]] = value
+    return changes
+
+
+async def _update(conn: Connection, sid: int, changes: dict[str, Any]) -> None:
+    if changes:
+        assignments = ", ".join(f"{col} = ${i}" for i, col in enumerate(changes, start=2))
+        await conn.execute(
+            f"UPDATE subscribers SET {assignments}, updated_at = now() WHERE id = $1",
+            sid,
+            *changes.values(),
+        )
 
 
 async def notify_changed(conn: Connection, subscriber_id: int) -> None:
@@ -176,8 +229,30 @@ class SubscriberRepository:
         static_ipv6_prefix: str | None = None,
         mac_lock: str | None = None,
         account_ref: str | None = None,
+        framed_netmask: str | None = None,
+        framed_routes: Sequence[str] = (),
+        delegated_ipv6_prefix: str | None = None,
+        framed_ipv6_address: str | None = None,
+        download_kbps: int | None = None,
+        upload_kbps: int | None = None,
+        session_timeout: int | None = None,
+        idle_timeout: int | None = None,
     ) -> int:
-        """Create a subscriber and return its id; ValueError for a taken or bad value."""
+        """Create a subscriber and return its id; ValueError for a taken or bad value.
+
+        ``download_kbps`` .. ``idle_timeout`` override the plan's values.
+        """
+        policy = {
+            "framed_netmask": framed_netmask,
+            "framed_routes": tuple(framed_routes) or None,
+            "delegated_ipv6_prefix": delegated_ipv6_prefix,
+            "framed_ipv6_address": framed_ipv6_address,
+            "download_kbps": download_kbps,
+            "upload_kbps": upload_kbps,
+            "session_timeout": session_timeout,
+            "idle_timeout": idle_timeout,
+        }
+
         if not user_name:
             raise ValueError("user name must not be empty")
         state = SubscriberStatus(status)
@@ -210,6 +285,8 @@ class SubscriberRepository:
                         fields.seal(cipher, Column.MAC_LOCK, sid, mac),
                     )
                     await self._insert_lookup(conn, LookupKind.USER_NAME, user_name, sid)
+                    given = {k: v for k, v in policy.items() if v is not None}
+                    await _update(conn, sid, _policy_changes(cipher, sid, given))
                     if mac is not None:
                         await self._insert_lookup(conn, LookupKind.MAC_LOCK, mac, sid)
                     if ipv4 is not None:
@@ -272,6 +349,8 @@ class SubscriberRepository:
             has_password=bool(record["has_password"]),
             created_at=record["created_at"],
             updated_at=record["updated_at"],
+            # The same decoding as authentication uses.
+            **fields.policy_from_record(record, cipher),
         )
 
     async def set(
@@ -286,8 +365,19 @@ class SubscriberRepository:
         static_ipv6_prefix: str | Literal[_Unset.UNSET] | None = UNSET,
         mac_lock: str | Literal[_Unset.UNSET] | None = UNSET,
         account_ref: str | Literal[_Unset.UNSET] | None = UNSET,
+        framed_netmask: str | Literal[_Unset.UNSET] | None = UNSET,
+        framed_routes: Sequence[str] | Literal[_Unset.UNSET] | None = UNSET,
+        delegated_ipv6_prefix: str | Literal[_Unset.UNSET] | None = UNSET,
+        framed_ipv6_address: str | Literal[_Unset.UNSET] | None = UNSET,
+        download_kbps: int | Literal[_Unset.UNSET] | None = UNSET,
+        upload_kbps: int | Literal[_Unset.UNSET] | None = UNSET,
+        session_timeout: int | Literal[_Unset.UNSET] | None = UNSET,
+        idle_timeout: int | Literal[_Unset.UNSET] | None = UNSET,
     ) -> bool:
         """Change the given fields (None clears); False if there is no such user.
+
+        ``framed_routes`` replaces every route (None or empty clears them);
+        ``download_kbps`` .. ``idle_timeout`` are overrides of the plan's values.
 
         After the change a NOTIFY on ``ispcare_subscriber_changed`` tells
         caches to drop the entry.
@@ -329,14 +419,21 @@ class SubscriberRepository:
             if mac_lock is not UNSET:
                 changes["mac_lock_enc"] = fields.seal(cipher, Column.MAC_LOCK, sid, mac)
                 await self._replace_lookup(conn, LookupKind.MAC_LOCK, mac, sid)
+            routes = None if framed_routes is UNSET or not framed_routes else tuple(framed_routes)
+            policy = {
+                "framed_netmask": framed_netmask,
+                "framed_routes": UNSET if framed_routes is UNSET else routes,
+                "delegated_ipv6_prefix": delegated_ipv6_prefix,
+                "framed_ipv6_address": framed_ipv6_address,
+                "download_kbps": download_kbps,
+                "upload_kbps": upload_kbps,
+                "session_timeout": session_timeout,
+                "idle_timeout": idle_timeout,
+            }
+            changes.update(_policy_changes(cipher, sid, policy))
             if not changes:
                 return True
-            assignments = ", ".join(f"{col} = ${i}" for i, col in enumerate(changes, start=2))
-            await conn.execute(
-                f"UPDATE subscribers SET {assignments}, updated_at = now() WHERE id = $1",
-                sid,
-                *changes.values(),
-            )
+            await _update(conn, sid, changes)
             detail = {"fields": sorted(c.removesuffix("_enc").removesuffix("_id") for c in changes)}
             await audit(conn, self._actor, "subscriber.set", sid, detail)
             await notify_changed(conn, sid)

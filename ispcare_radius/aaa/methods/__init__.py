@@ -11,6 +11,7 @@ from types import MappingProxyType
 
 from ispcare_radius.aaa.methods.base import Attempt, Method
 from ispcare_radius.aaa.methods.chap import Chap
+from ispcare_radius.aaa.methods.mac import Mac
 from ispcare_radius.aaa.methods.mschap import MsChapV1, MsChapV2
 from ispcare_radius.aaa.methods.pap import Pap
 
@@ -19,9 +20,13 @@ __all__ = ["DEFAULT_METHODS", "REGISTRY", "Attempt", "Method", "enabled", "resol
 # Every method the server knows, by the name configuration uses. The order is
 # the order in which they are asked whether they claim a request.
 REGISTRY: Mapping[str, Method] = MappingProxyType(
-    {m.name: m for m in (Pap(), Chap(), MsChapV1(), MsChapV2())}
+    {m.name: m for m in (Pap(), Chap(), MsChapV1(), MsChapV2(), Mac())}
 )
 
+# MAC auth is opt-in (``methods = [..., "mac"]``): enabled, it turns a PAP
+# login whose user name and password are the same MAC into a device lookup
+# (see methods/mac.py), which an installation provisioning such devices as
+# ordinary subscribers would not expect.
 DEFAULT_METHODS: tuple[str, ...] = ("pap", "chap", "mschap", "mschapv2")
 
 

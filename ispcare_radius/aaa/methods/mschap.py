@@ -45,9 +45,8 @@ _MPPE_TYPES = vsa(MICROSOFT, MS_MPPE_ENCRYPTION_TYPES, RC4_40_OR_128.to_bytes(4)
 
 # Windows error numbers for the E= field of MS-CHAP-Error (RFC 2759 section 6):
 # 646 restricted logon hours, 647 account disabled, 691 authentication failure.
-# No outcome means "restricted hours" yet; every outcome not listed is 691,
-# so a guesser learns nothing beyond "failed" (status is only checked after
-# the password matched).
+# Every outcome not listed is 691, so a guesser learns nothing beyond
+# "failed" (status and login hours are only checked after the password matched).
 ERROR_RESTRICTED_LOGON_HOURS = 646
 ERROR_ACCT_DISABLED = 647
 ERROR_AUTHENTICATION_FAILURE = 691
@@ -56,6 +55,7 @@ _ERRORS = MappingProxyType(
         Outcome.SUSPENDED: ERROR_ACCT_DISABLED,
         Outcome.EXPIRED: ERROR_ACCT_DISABLED,
         Outcome.DEACTIVATED: ERROR_ACCT_DISABLED,
+        Outcome.OUTSIDE_LOGIN_HOURS: ERROR_RESTRICTED_LOGON_HOURS,
     }
 )
 _MESSAGES = MappingProxyType(
