@@ -5,19 +5,21 @@
 # its own bulk import. Prints compare.py's per-round figures and median ratios.
 #
 #   bench/run.sh [--rounds 5] [--parallel 32] [--kinds auth,acct] [--users 100000]
+#                [--methods pap,chap,mschapv2]
 #
 # Our database: $ISPCARE_BENCH_DSN if set, else an embedded PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BENCH_DIR=${BENCH_DIR:-$ROOT/../shared/bench}
-ROUNDS=5; PARALLEL=32; KINDS=auth,acct; USERS=100000
+ROUNDS=5; PARALLEL=32; KINDS=auth,acct; USERS=100000; METHODS=pap,chap,mschapv2
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2;;
     --parallel) PARALLEL=$2; shift 2;;
     --kinds) KINDS=$2; shift 2;;
     --users) USERS=$2; shift 2;;
+    --methods) METHODS=$2; shift 2;;   # "" skips the method comparison
     *) echo "bench/run.sh: unknown argument $1" >&2; exit 2;;
   esac
 done
@@ -94,3 +96,10 @@ WATCH=(--ours-watch "ours=tree:$SERVER")
 [ -n "$PG_PID" ] && WATCH+=(--ours-watch "pg=tree:$PG_PID")
 python3 "$BENCH_DIR/compare.py" --secret testing123 "${WATCH[@]}" \
   --kinds "$KINDS" --rounds "$ROUNDS" --parallel "$PARALLEL" --users "$USERS"
+# PAP, CHAP and MS-CHAPv2 side by side (the shared load generator speaks PAP only).
+if [ -n "$METHODS" ]; then
+  MWATCH=(--ours-watch "tree:$SERVER")
+  [ -n "$PG_PID" ] && MWATCH+=(--ours-watch "tree:$PG_PID")
+  .venv/bin/python bench/methodload.py --compare --kinds "$METHODS" --rounds "$ROUNDS" \
+    --parallel "$PARALLEL" --users "$USERS" --bench-dir "$BENCH_DIR" "${MWATCH[@]}"
+fi
