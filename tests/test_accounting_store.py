@@ -336,6 +336,27 @@ async def test_directory_failure_still_records_as_lookup_failed(
     assert name == USER.encode()
 
 
+async def test_record_for_an_erased_subscriber_is_not_kept_under_their_id(
+    handler: AccountingHandler,
+    nas: Nas,
+    subscriber_id: int,
+    pg_pool: Pool,
+    system_keys: SystemKeys,
+    master_keys: MasterKeys,
+    other: asyncpg.Connection[asyncpg.Record],
+) -> None:
+    """Once the subscriber is erased (by another process, so their key is still
+    cached here), a record that arrives for them is stored unattributed."""
+    assert (await handler.handle(acct(nas, session(AcctStatus.START)))).code == RESPONSE
+    repo = SubscriberRepository(pg_pool, system_keys, master_keys, DataKeyCache(master_keys))
+    assert await repo.remove(USER)  # the erasure also deletes the first record
+    reply = await handler.handle(acct(nas, session(AcctStatus.STOP, seconds=60)))
+    assert reply.code == RESPONSE
+    stored = await rows(other)
+    assert [r["subscriber_id"] for r in stored] == [0]
+    assert stored[0]["attribution"] == "lookup_failed"
+
+
 @pytest.mark.parametrize(
     ("attrs", "reason"),
     [

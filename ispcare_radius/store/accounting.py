@@ -21,11 +21,11 @@ import asyncpg
 from ispcare_radius.aaa.accounting import NO_SUBSCRIBER, AcctRecord, Attribution, Recorded
 from ispcare_radius.aaa.ports import StoreUnavailable
 from ispcare_radius.privacy.blind import BlindIndex
-from ispcare_radius.privacy.crypto import DecryptError, FieldCipher
+from ispcare_radius.privacy.crypto import FieldCipher
 from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store.db import Connection, Pool, acquire, is_unavailable
 from ispcare_radius.store.events import event_aad
-from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
+from ispcare_radius.store.keyring import DataKeyCache, SystemKeys, live_subscriber_ciphers
 
 _log = get_logger(__name__)
 
@@ -260,8 +260,13 @@ class AccountingWriter:
 
     async def _write(self, batch: list[_Item]) -> list[_Item]:
         """Write ``batch``, settle each future; return the items to retry in a later batch."""
-        async with acquire(self._pool) as conn:
-            ciphers = await self._ciphers(conn, {i.record.subscriber_id for i in batch})
+        # One transaction: the subscribers' rows stay locked (FOR KEY SHARE)
+        # from the liveness check to the commit, so an erasure cannot slip in
+        # between; the futures are settled only after the commit.
+        async with acquire(self._pool) as conn, conn.transaction():
+            ciphers, _ = await live_subscriber_ciphers(
+                conn, self._data_keys, (i.record.subscriber_id for i in batch)
+            )
             first: dict[bytes, tuple[_Item, list[_Item]]] = {}
             leftovers: list[_Item] = []
             rows: list[tuple[Any, ...]] = []
@@ -299,7 +304,8 @@ class AccountingWriter:
     ) -> dict[bytes, Recorded | Exception]:
         """Insert ``rows``; a row the database refuses fails alone, found by halving the batch."""
         try:
-            fresh = await self._insert(conn, rows)
+            async with conn.transaction():  # a savepoint: a refused row undoes only this try
+                fresh = await self._insert(conn, rows)
         except (asyncpg.PostgresError, asyncpg.DataError) as exc:
             if is_unavailable(exc):
                 raise
@@ -370,30 +376,6 @@ class AccountingWriter:
             seal("framed_ip", None if record.framed_ip is None else record.framed_ip.encode()),
             seal("nas_ip", None if record.nas_ip is None else record.nas_ip.encode()),
         )
-
-    async def _ciphers(self, conn: Connection, ids: set[int]) -> dict[int, FieldCipher]:
-        """Data-key ciphers of ``ids``: from the cache, else unwrapped from subscribers rows."""
-        ciphers: dict[int, FieldCipher] = {}
-        missing: list[int] = []
-        for sid in ids - {NO_SUBSCRIBER}:
-            cipher = self._data_keys.cached(sid)
-            if cipher is None:
-                missing.append(sid)
-            else:
-                ciphers[sid] = cipher
-        if missing:
-            rows = await conn.fetch(
-                "SELECT id, wrapped_key FROM subscribers WHERE id = ANY($1::bigint[])", missing
-            )
-            for row in rows:
-                sid = int(row["id"])
-                try:
-                    ciphers[sid] = self._data_keys.cipher(sid, bytes(row["wrapped_key"]))
-                except (DecryptError, KeyError) as exc:
-                    _log.error(
-                        "accounting_key_unreadable", subscriber_id=sid, error=type(exc).__name__
-                    )
-        return ciphers
 
 
 def _settle(item: _Item, result: Recorded | Exception) -> None:

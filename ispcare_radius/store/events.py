@@ -20,10 +20,10 @@ import asyncpg
 
 from ispcare_radius.aaa.model import AuthEvent
 from ispcare_radius.aaa.ports import StoreUnavailable
-from ispcare_radius.privacy.crypto import DecryptError, FieldCipher, field_aad
+from ispcare_radius.privacy.crypto import FieldCipher, field_aad
 from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store.db import Connection, Pool, acquire, is_unavailable
-from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
+from ispcare_radius.store.keyring import DataKeyCache, SystemKeys, live_subscriber_ciphers
 
 _log = get_logger(__name__)
 
@@ -307,7 +307,9 @@ class AuthEventWriter:
             return written, rows.gone, rows.unreadable + refused
 
     async def _rows(self, conn: Connection, items: Sequence[tuple[uuid.UUID, AuthEvent]]) -> _Rows:
-        ciphers, unreadable = await self._ciphers(conn, {e.subscriber_id for _, e in items})
+        ciphers, unreadable = await live_subscriber_ciphers(
+            conn, self._data_keys, (e.subscriber_id for _, e in items)
+        )
         rows = _Rows()
         for event_id, event in items:
             when = event.time if event.time.tzinfo else event.time.replace(tzinfo=UTC)
@@ -341,33 +343,3 @@ class AuthEventWriter:
                 )
             )
         return rows
-
-    async def _ciphers(
-        self, conn: Connection, ids: set[int | None]
-    ) -> tuple[dict[int, FieldCipher], set[int]]:
-        """Ciphers of the subscribers of ``ids`` that still exist, and the ids whose key failed.
-
-        A key still cached is no proof of life: an erasure made by another
-        process leaves it in this one. The rows are checked in the writing
-        transaction and locked FOR KEY SHARE, so an erasure either commits
-        before this check or waits for the write to commit and then deletes
-        its rows too.
-        """
-        wanted = sorted(sid for sid in ids if sid is not None)
-        ciphers: dict[int, FieldCipher] = {}
-        unreadable: set[int] = set()
-        if not wanted:
-            return ciphers, unreadable
-        rows = await conn.fetch(
-            "SELECT id, wrapped_key FROM subscribers WHERE id = ANY($1::bigint[])"
-            " ORDER BY id FOR KEY SHARE",
-            wanted,
-        )
-        for row in rows:
-            sid = int(row["id"])
-            try:
-                ciphers[sid] = self._data_keys.cipher(sid, bytes(row["wrapped_key"]))
-            except DecryptError as exc:
-                _log.error("auth_events_key_unreadable", subscriber_id=sid, reason=exc.reason.value)
-                unreadable.add(sid)
-        return ciphers, unreadable

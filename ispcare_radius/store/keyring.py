@@ -6,18 +6,23 @@ Imports privacy (crypto, blind, keys) and store.db; never server or cli.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from ispcare_radius.privacy.blind import BlindIndex, Pseudonymizer
 from ispcare_radius.privacy.crypto import (
+    DecryptError,
     FieldCipher,
     new_data_key,
     unwrap_key,
     wrap_key,
 )
 from ispcare_radius.privacy.keys import MasterKeys
+from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store.db import Connection, Pool, acquire
+
+_log = get_logger(__name__)
 
 # Data keys are versioned for a later data-key rotation; all start at 1.
 DATA_KEY_VERSION = 1
@@ -153,3 +158,34 @@ class DataKeyCache:
         self._entries.move_to_end(subscriber_id)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+
+async def live_subscriber_ciphers(
+    conn: Connection, data_keys: DataKeyCache, ids: Iterable[int | None]
+) -> tuple[dict[int, FieldCipher], set[int]]:
+    """Data-key ciphers of the subscribers in ``ids`` that still exist, and the
+    ids whose key would not unwrap.
+
+    A key still cached is no proof of life: an erasure made by another process
+    leaves it in this one. Call inside the writing transaction: the rows are
+    locked FOR KEY SHARE, so an erasure either commits before this check or
+    waits for the write to commit and then deletes its rows too.
+    """
+    wanted = sorted({sid for sid in ids if sid})
+    ciphers: dict[int, FieldCipher] = {}
+    unreadable: set[int] = set()
+    if not wanted:
+        return ciphers, unreadable
+    rows = await conn.fetch(
+        "SELECT id, wrapped_key FROM subscribers WHERE id = ANY($1::bigint[])"
+        " ORDER BY id FOR KEY SHARE",
+        wanted,
+    )
+    for row in rows:
+        sid = int(row["id"])
+        try:
+            ciphers[sid] = data_keys.cipher(sid, bytes(row["wrapped_key"]))
+        except (DecryptError, KeyError) as exc:
+            _log.error("subscriber_key_unreadable", subscriber_id=sid, error=type(exc).__name__)
+            unreadable.add(sid)
+    return ciphers, unreadable

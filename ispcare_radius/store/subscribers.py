@@ -459,6 +459,9 @@ class SubscriberRepository:
             sid = int(found["id"])
             await conn.execute("DELETE FROM subscriber_lookup WHERE subscriber_id = $1", sid)
             await conn.execute("DELETE FROM auth_events WHERE subscriber_id = $1", sid)
+            # Their accounting records are sealed under the key destroyed below;
+            # the rows go too, as the privacy policy promises.
+            await conn.execute("DELETE FROM acct_records WHERE subscriber_id = $1", sid)
             await conn.execute("DELETE FROM subscribers WHERE id = $1", sid)
             await audit(conn, self._actor, "subscriber.remove", sid, {})
             await notify_changed(conn, sid)
