@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from ispcare_radius.privacy.secret import Secret
+from ispcare_radius.privacy.secret import Secret, typable_token
 
 
 def test_secret_repr_and_str_are_redacted() -> None:
@@ -29,3 +29,11 @@ def test_secret_refuses_pickling() -> None:
     """A Secret cannot be pickled (which would copy it out in clear)."""
     with pytest.raises(TypeError):
         pickle.dumps(Secret(b"k"))
+
+
+def test_typable_tokens_never_look_like_command_line_options() -> None:
+    # Generated secrets and passwords are pasted into radtest/radclient
+    # argument lists, where a leading "-" is read as an option.
+    tokens = [typable_token(16) for _ in range(2000)]
+    assert all(len(t) == 16 and t.isalnum() and t.isascii() for t in tokens)
+    assert len(set(tokens)) == len(tokens)

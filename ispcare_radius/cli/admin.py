@@ -9,7 +9,6 @@ import argparse
 import dataclasses
 import getpass
 import ipaddress
-import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from ispcare_radius.cli.config import Config, ConfigError
 from ispcare_radius.cli.runtime import Store, load_dictionaries, open_store
 from ispcare_radius.privacy.blind import normalize_mac
 from ispcare_radius.privacy.keys import KeyFileError, init_key_file
+from ispcare_radius.privacy.secret import typable_token
 from ispcare_radius.store.importer import parse_import_csv
 
 
@@ -67,7 +67,7 @@ def _cell(value: object) -> str:
 
 async def _nas(store: Store, args: argparse.Namespace) -> int:
     if args.action == "add":
-        secret = args.secret or secrets.token_urlsafe(16)
+        secret = args.secret or typable_token(22)
         try:
             nas = await store.nas.add(
                 args.name,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ from ispcare_radius.aaa.reply import ReplyRenderer
 from ispcare_radius.cli.config import Config, ConfigError
 from ispcare_radius.cli.runtime import Store, load_dictionaries, open_store
 from ispcare_radius.privacy.logsetup import configure_logging
+from ispcare_radius.privacy.secret import typable_token
 from ispcare_radius.protocol.dictionary import Dictionary
 from ispcare_radius.server.app import RadiusServer
 from ispcare_radius.server.clients import ClientTable
@@ -39,10 +39,14 @@ MAINTENANCE_INTERVAL = 6 * 3600.0
 async def ensure_demo(store: Store) -> tuple[str, str]:
     """A demo NAS (127.0.0.1), plan and subscriber; returns (secret, password)."""
     existing = {n.name: n for n in await store.nas.list()}
-    if DEMO_NAS in existing:
-        secret = existing[DEMO_NAS].secret.reveal().decode()
-    else:
-        secret = secrets.token_urlsafe(12)
+    secret = existing[DEMO_NAS].secret.reveal().decode() if DEMO_NAS in existing else ""
+    if secret.startswith("-"):
+        # Made by an older release whose generator could start with "-";
+        # radtest would read it as an option.
+        await store.nas.remove(DEMO_NAS)
+        secret = ""
+    if not secret:
+        secret = typable_token(16)
         await store.nas.add(DEMO_NAS, "127.0.0.1", secret, vendor="mikrotik", ma_policy="observe")
     if await store.plans.get(DEMO_PLAN) is None:
         await store.plans.add(
@@ -53,7 +57,7 @@ async def ensure_demo(store: Store) -> tuple[str, str]:
             idle_timeout=600,
             interim_interval=300,
         )
-    password = secrets.token_urlsafe(9)
+    password = typable_token(12)
     if await store.subscribers.get(DEMO_USER) is None:
         await store.subscribers.add(DEMO_USER, password, plan=DEMO_PLAN)
     else:

@@ -6,7 +6,21 @@ Pure: imports nothing of ours.
 from __future__ import annotations
 
 import hmac
+import secrets
+import string
 from typing import Final
+
+_TYPABLE: Final = string.ascii_letters + string.digits
+
+
+def typable_token(length: int) -> str:
+    """A random letters-and-digits string: safe to paste on a command line.
+
+    Generated shared secrets and passwords end up in ``radtest``/``radclient``
+    argument lists; a leading ``-`` (possible with ``token_urlsafe``) would be
+    read as an option there. 62 symbols give 5.95 bits each.
+    """
+    return "".join(secrets.choice(_TYPABLE) for _ in range(length))
 
 
 class Secret:
