@@ -170,8 +170,8 @@ def test_largest_storable_counter_is_accepted() -> None:
 
 
 def test_every_outcome_has_a_reply_code_and_only_durable_ones_answer() -> None:
-    """The reply table covers every outcome; only recorded and duplicate get a response."""
+    """The reply table covers every outcome; only recorded, duplicate and spooled get a response."""
     assert set(REPLY_CODES) == set(AcctOutcome)
     answered = {o for o, code in REPLY_CODES.items() if code is not None}
-    assert answered == {AcctOutcome.RECORDED, AcctOutcome.DUPLICATE}
+    assert answered == {AcctOutcome.RECORDED, AcctOutcome.DUPLICATE, AcctOutcome.SPOOLED}
     assert {REPLY_CODES[o] for o in answered} == {Code.ACCOUNTING_RESPONSE}

@@ -19,6 +19,7 @@ from enum import IntEnum, StrEnum
 from types import MappingProxyType
 from typing import Final
 
+from ispcare_radius.aaa.cookie import find_cookie
 from ispcare_radius.aaa.ports import AccountingRecorder, StoreUnavailable, SubscriberDirectory
 from ispcare_radius.aaa.request import Reply, Request
 from ispcare_radius.privacy.logsetup import get_logger
@@ -29,6 +30,7 @@ _log = get_logger(__name__)
 
 USER_NAME: Final = 1
 NAS_IP_ADDRESS: Final = 4
+NAS_PORT: Final = 5
 FRAMED_IP_ADDRESS: Final = 8
 CLASS: Final = 25
 CALLING_STATION_ID: Final = 31
@@ -44,8 +46,13 @@ ACCT_TERMINATE_CAUSE: Final = 49
 ACCT_INPUT_GIGAWORDS: Final = 52
 ACCT_OUTPUT_GIGAWORDS: Final = 53
 EVENT_TIMESTAMP: Final = 55
+NAS_PORT_TYPE: Final = 61
+NAS_PORT_ID: Final = 87
 MESSAGE_AUTHENTICATOR: Final = 80
 NAS_IPV6_ADDRESS: Final = 95
+FRAMED_IPV6_PREFIX: Final = 97
+DELEGATED_IPV6_PREFIX: Final = 123
+FRAMED_IPV6_ADDRESS: Final = 168
 
 # A retransmission differs from the original only in these attributes: the
 # identifier and authenticator change with Acct-Delay-Time (RFC 2866 section
@@ -113,23 +120,36 @@ class AcctRecord:
     attribution: Attribution = Attribution.NO_USER_NAME
     input_octets: int | None = None
     output_octets: int | None = None
+    # True when the NAS sent Acct-Input/Output-Gigawords: the counters are
+    # then full 64-bit values; without, a counter going down is a 32-bit wrap.
+    gigawords: bool = False
     session_time: int | None = None
     terminate_cause: int | None = None
     nas_identifier: str | None = None
+    nas_port: int | None = None
+    nas_port_type: int | None = None
     acct_class: bytes | None = field(default=None, repr=False)
+    # The server's Class cookie (aaa.cookie) when the NAS echoed it.
+    cookie: bytes | None = field(default=None, repr=False)
     # Personal: never logged, encrypted before they leave the process.
     session_id: bytes | None = field(default=None, repr=False)
     user_name: bytes | None = field(default=None, repr=False)
     calling_station_id: bytes | None = field(default=None, repr=False)
     framed_ip: str | None = field(default=None, repr=False)
+    # Framed-IPv6-Prefix, else Delegated-IPv6-Prefix, else Framed-IPv6-Address (as /128).
+    framed_ipv6: str | None = field(default=None, repr=False)
     nas_ip: str | None = field(default=None, repr=False)
+    # NAS-Port-Id can name a subscriber line (DSL circuit ids): personal.
+    nas_port_id: bytes | None = field(default=None, repr=False)
 
 
 class Recorded(StrEnum):
-    """What a durable write did: stored a new row, or found the same event already stored."""
+    """What a durable write did: stored a new row, found the same event already stored,
+    or fsynced it to the local spool to be replayed into the database later."""
 
     STORED = "stored"
     DUPLICATE = "duplicate"
+    SPOOLED = "spooled"
 
 
 class AcctOutcome(StrEnum):
@@ -137,6 +157,7 @@ class AcctOutcome(StrEnum):
 
     RECORDED = "recorded"
     DUPLICATE = "duplicate"
+    SPOOLED = "spooled"
     NO_STATUS_TYPE = "no_status_type"
     NO_SESSION_ID = "no_session_id"
     MALFORMED_ATTRIBUTE = "malformed_attribute"
@@ -150,17 +171,28 @@ _RESPONSE = int(Code.ACCOUNTING_RESPONSE)
 # RFC 2866 section 4.1: "Upon receipt of an Accounting-Request, the server
 # MUST transmit an Accounting-Response reply if it successfully records the
 # accounting packet, and MUST NOT transmit any reply if it fails to record the
-# accounting packet." Only the two durable outcomes are answered.
+# accounting packet." Only the durable outcomes are answered: committed, already
+# committed, or fsynced to the local spool.
 REPLY_CODES: Mapping[AcctOutcome, int | None] = MappingProxyType(
     {
         AcctOutcome.RECORDED: _RESPONSE,
         AcctOutcome.DUPLICATE: _RESPONSE,
+        AcctOutcome.SPOOLED: _RESPONSE,
         AcctOutcome.NO_STATUS_TYPE: None,
         AcctOutcome.NO_SESSION_ID: None,
         AcctOutcome.MALFORMED_ATTRIBUTE: None,
         AcctOutcome.COUNTER_OUT_OF_RANGE: None,
         AcctOutcome.STORE_UNAVAILABLE: None,
         AcctOutcome.INTERNAL_ERROR: None,
+    }
+)
+
+
+_RECORDED_OUTCOMES: Mapping[Recorded, AcctOutcome] = MappingProxyType(
+    {
+        Recorded.STORED: AcctOutcome.RECORDED,
+        Recorded.DUPLICATE: AcctOutcome.DUPLICATE,
+        Recorded.SPOOLED: AcctOutcome.SPOOLED,
     }
 )
 
@@ -225,6 +257,27 @@ def _framed_ip(packet: Packet) -> str | None:
     return str(ipaddress.IPv4Address(value))
 
 
+def _ipv6_prefix(value: bytes) -> str:
+    # RFC 3162 section 2.3: Reserved (1), Prefix-Length (1), Prefix (0-16).
+    if len(value) < 2 or len(value) > 18 or value[1] > 128 or (value[1] + 7) // 8 > len(value) - 2:
+        raise _Malformed(AcctOutcome.MALFORMED_ATTRIBUTE)
+    raw = value[2:].ljust(16, b"\x00")
+    return str(ipaddress.IPv6Network((raw, value[1]), strict=False))
+
+
+def _framed_ipv6(packet: Packet) -> str | None:
+    for type_ in (FRAMED_IPV6_PREFIX, DELEGATED_IPV6_PREFIX):
+        value = packet.get(type_)
+        if value is not None:
+            return _ipv6_prefix(value)
+    address = packet.get(FRAMED_IPV6_ADDRESS)
+    if address is None:
+        return None
+    if len(address) != 16:
+        raise _Malformed(AcctOutcome.MALFORMED_ATTRIBUTE)
+    return f"{ipaddress.IPv6Address(address)}/128"
+
+
 def content_digest(packet: Packet) -> bytes:
     """SHA-256 over the attributes that say what happened, in packet order.
 
@@ -277,15 +330,22 @@ def decode_accounting(request: Request, *, now: float) -> AcctRecord | AcctOutco
             attribution=Attribution.NO_USER_NAME if user_name is None else Attribution.UNKNOWN_USER,
             input_octets=_counter(packet, ACCT_INPUT_OCTETS, ACCT_INPUT_GIGAWORDS),
             output_octets=_counter(packet, ACCT_OUTPUT_OCTETS, ACCT_OUTPUT_GIGAWORDS),
+            gigawords=packet.get(ACCT_INPUT_GIGAWORDS) is not None
+            or packet.get(ACCT_OUTPUT_GIGAWORDS) is not None,
             session_time=_u32(packet, ACCT_SESSION_TIME),
             terminate_cause=_u32(packet, ACCT_TERMINATE_CAUSE),
             nas_identifier=_text(packet.get(NAS_IDENTIFIER)),
+            nas_port=_u32(packet, NAS_PORT),
+            nas_port_type=_u32(packet, NAS_PORT_TYPE),
             acct_class=packet.get(CLASS),
+            cookie=find_cookie(packet.get_all(CLASS)),
             session_id=session_id,
             user_name=user_name,
             calling_station_id=packet.get(CALLING_STATION_ID) or None,
             framed_ip=_framed_ip(packet),
+            framed_ipv6=_framed_ipv6(packet),
             nas_ip=_nas_ip(packet),
+            nas_port_id=packet.get(NAS_PORT_ID) or None,
         )
     except _Malformed as exc:
         return exc.outcome
@@ -350,4 +410,4 @@ class AccountingHandler:
             result = await self._recorder.record(record)
         except StoreUnavailable:
             return AcctOutcome.STORE_UNAVAILABLE
-        return AcctOutcome.RECORDED if result is Recorded.STORED else AcctOutcome.DUPLICATE
+        return _RECORDED_OUTCOMES[result]

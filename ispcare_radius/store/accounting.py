@@ -13,7 +13,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import asyncpg
@@ -26,12 +26,13 @@ from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store.db import Connection, Pool, acquire, is_unavailable
 from ispcare_radius.store.events import event_aad
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys, live_subscriber_ciphers
+from ispcare_radius.store.session_keys import session_blind
+from ispcare_radius.store.sessions import SessionTracker
 
 _log = get_logger(__name__)
 
 TABLE: Final = "acct_records"
 KEYS_TABLE: Final = "acct_record_keys"
-_SESSION_DOMAIN: Final = b"ispcare-radius/acct-session/v1\x00"
 _RECORD_DOMAIN: Final = b"ispcare-radius/acct-record/v1\x00"
 
 # (column, SQL type) of acct_records, in the order rows are built.
@@ -87,11 +88,6 @@ SELECT {", ".join(f"i.{name}" for name, _ in _COLUMNS)}
 FROM input i JOIN fresh f ON f.record_key = i.record_key
 RETURNING record_key
 """
-
-
-def session_blind(index: BlindIndex, nas_id: int, session_id: bytes) -> bytes:
-    """Blind index of an Acct-Session-Id, which is unique only per NAS."""
-    return index.full(_SESSION_DOMAIN + nas_id.to_bytes(8, "big") + session_id)
 
 
 def record_key(index: BlindIndex, nas_id: int, content_digest: bytes) -> bytes:
@@ -163,6 +159,8 @@ class AccountingWriter:
         self.failed = 0
         self.rejected = 0
         self.batches = 0
+        self.session_errors = 0
+        self.sessions = SessionTracker(self._index)
 
     def __repr__(self) -> str:
         return f"AccountingWriter(outstanding={self._outstanding}, inflight={self._inflight})"
@@ -282,6 +280,12 @@ class AccountingWriter:
                 else:
                     leftovers.append(item)
             results = await self._insert_isolating(conn, rows)
+            stored = [
+                item.record
+                for key, (item, _) in first.items()
+                if results.get(key) is Recorded.STORED
+            ]
+            await self._apply_sessions(conn, stored, ciphers)
         self.batches += 1
         for key, (item, followers) in first.items():
             result = results[key]
@@ -295,6 +299,32 @@ class AccountingWriter:
             for follower in followers:
                 _settle(follower, result)
         return leftovers
+
+    async def _apply_sessions(
+        self, conn: Connection, records: list[AcctRecord], ciphers: dict[int, FieldCipher]
+    ) -> None:
+        """Apply the newly stored records to sessions and usage, in this transaction.
+
+        A failure here (a bug, a refused row) must not lose the records: the
+        savepoint undoes only the session changes, the raw records commit,
+        and sessions can be rebuilt from acct_records.
+        """
+        if not records:
+            return
+        try:
+            async with conn.transaction():
+                await self.sessions.apply(
+                    conn,
+                    _attributed(records, ciphers),
+                    ciphers,
+                    self._epoch,
+                    now=datetime.now(UTC),
+                )
+        except (asyncpg.PostgresError, asyncpg.DataError, ValueError, KeyError) as exc:
+            if isinstance(exc, asyncpg.PostgresError) and is_unavailable(exc):
+                raise
+            self.session_errors += 1
+            _log.error("session_apply_failed", error=type(exc).__name__, rows=len(records))
 
     def _same_event(self, a: AcctRecord, b: AcctRecord) -> bool:
         return abs((a.event_time - b.event_time).total_seconds()) <= self._window
@@ -376,6 +406,16 @@ class AccountingWriter:
             seal("framed_ip", None if record.framed_ip is None else record.framed_ip.encode()),
             seal("nas_ip", None if record.nas_ip is None else record.nas_ip.encode()),
         )
+
+
+def _attributed(records: list[AcctRecord], ciphers: dict[int, FieldCipher]) -> list[AcctRecord]:
+    """``records``, unattributed where the subscriber is gone since the lookup, as ``_row`` does."""
+    return [
+        r
+        if r.subscriber_id == NO_SUBSCRIBER or r.subscriber_id in ciphers
+        else replace(r, subscriber_id=NO_SUBSCRIBER, attribution=Attribution.LOOKUP_FAILED)
+        for r in records
+    ]
 
 
 def _settle(item: _Item, result: Recorded | Exception) -> None:

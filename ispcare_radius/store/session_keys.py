@@ -15,6 +15,12 @@ from ispcare_radius.privacy.crypto import field_aad
 
 SESSIONS: Final = "sessions"
 _DOMAIN: Final = b"ispcare-radius/session/v1\x00"
+_ACCT_SESSION_DOMAIN: Final = b"ispcare-radius/acct-session/v1\x00"
+
+
+def session_blind(index: BlindIndex, nas_id: int, session_id: bytes) -> bytes:
+    """Blind index of an Acct-Session-Id, which is unique only per NAS."""
+    return index.full(_ACCT_SESSION_DOMAIN + nas_id.to_bytes(8, "big") + session_id)
 
 
 def cookie_session_key(index: BlindIndex, cookie: bytes) -> bytes:

@@ -1,0 +1,695 @@
+"""Sessions, usage and quota events, kept from accounting records.
+
+``SessionTracker.apply`` runs inside the accounting writer's transaction,
+with the records that transaction stored for the first time, so each record
+moves a session's counters once. Rules live in ``aaa.sessions``; this module
+loads the rows a batch touches, applies the records in event order, and
+writes the result back in a few set-based statements.
+
+Imports aaa, privacy and store; never server or cli.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final
+
+from ispcare_radius.aaa.accounting import NO_SUBSCRIBER, AcctRecord, AcctStatus
+from ispcare_radius.aaa.sessions import (
+    NAS_REBOOT,
+    CloseReason,
+    Counters,
+    Period,
+    Quota,
+    advance,
+    interim_interval,
+    period_start,
+    quota_crossed,
+    started_at,
+)
+from ispcare_radius.privacy.blind import BlindIndex
+from ispcare_radius.privacy.crypto import FieldCipher
+from ispcare_radius.privacy.logsetup import get_logger
+from ispcare_radius.store.db import Connection, Pool, acquire
+from ispcare_radius.store.session_keys import (
+    cookie_session_key,
+    ip_blind,
+    port_blind,
+    session_aad,
+    session_blind,
+    tuple_session_key,
+)
+
+_log = get_logger(__name__)
+
+# (column, SQL type) shared by sessions_active and sessions_closed, in order.
+COLUMNS: Final = (
+    ("id", "uuid"),
+    ("subscriber_id", "bigint"),
+    ("session_key", "bytea"),
+    ("nas_id", "bigint"),
+    ("session_blind", "bytea"),
+    ("port_blind", "bytea"),
+    ("framed_ip_blind", "bytea"),
+    ("framed_ipv6_blind", "bytea"),
+    ("nas_port_type", "bigint"),
+    ("started_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+    ("last_seen", "timestamptz"),
+    ("start_seen", "boolean"),
+    ("interim_interval", "integer"),
+    ("input_octets", "bigint"),
+    ("output_octets", "bigint"),
+    ("input_wraps", "integer"),
+    ("output_wraps", "integer"),
+    ("session_time", "bigint"),
+    ("counters_at", "timestamptz"),
+    ("session_id_enc", "bytea"),
+    ("user_name_enc", "bytea"),
+    ("calling_station_id_enc", "bytea"),
+    ("framed_ip_enc", "bytea"),
+    ("framed_ipv6_enc", "bytea"),
+    ("nas_ip_enc", "bytea"),
+)
+CLOSED_EXTRA: Final = (
+    ("stopped_at", "timestamptz"),
+    ("closed_at", "timestamptz"),
+    ("close_reason", "text"),
+    ("terminate_cause", "bigint"),
+)
+SEALED: Final = (
+    "session_id",
+    "user_name",
+    "calling_station_id",
+    "framed_ip",
+    "framed_ipv6",
+    "nas_ip",
+)
+_NAMES: Final = ", ".join(name for name, _ in COLUMNS)
+_CLOSED_NAMES: Final = ", ".join(name for name, _ in COLUMNS + CLOSED_EXTRA)
+# Loaded for state; sealed columns are written once and never read here.
+_STATE: Final = ", ".join(name for name, _ in COLUMNS if not name.endswith("_enc"))
+
+_SESSION_STATUSES: Final = frozenset({AcctStatus.START, AcctStatus.INTERIM_UPDATE, AcctStatus.STOP})
+_NAS_WIDE: Final = frozenset({AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF})
+# Same event time: Start before Interim before Stop.
+_RANK: Final = {AcctStatus.START: 0, AcctStatus.INTERIM_UPDATE: 1, AcctStatus.STOP: 2}
+
+
+def _unnest(columns: Sequence[tuple[str, str]], first: int = 1) -> str:
+    return ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(columns, first))
+
+
+_UPSERT_ACTIVE: Final = f"""
+INSERT INTO sessions_active ({_NAMES})
+SELECT * FROM unnest({_unnest(COLUMNS)})
+ON CONFLICT (session_key) DO UPDATE SET
+    updated_at = EXCLUDED.updated_at,
+    last_seen = EXCLUDED.last_seen,
+    start_seen = EXCLUDED.start_seen,
+    started_at = EXCLUDED.started_at,
+    input_octets = EXCLUDED.input_octets,
+    output_octets = EXCLUDED.output_octets,
+    input_wraps = EXCLUDED.input_wraps,
+    output_wraps = EXCLUDED.output_wraps,
+    session_time = EXCLUDED.session_time,
+    counters_at = EXCLUDED.counters_at
+"""
+_INSERT_CLOSED: Final = f"""
+INSERT INTO sessions_closed ({_CLOSED_NAMES})
+SELECT * FROM unnest({_unnest(COLUMNS + CLOSED_EXTRA)})
+"""
+_MOVE_CLOSED: Final = f"""
+WITH info AS (
+    SELECT * FROM unnest($1::bytea[], $2::timestamptz[], $3::text[], $4::bigint[])
+        AS t(key, stopped_at, close_reason, terminate_cause)
+), moved AS (
+    DELETE FROM sessions_active a USING info WHERE a.session_key = info.key
+    RETURNING a.*, info.stopped_at, info.close_reason, info.terminate_cause
+)
+INSERT INTO sessions_closed ({_CLOSED_NAMES})
+SELECT {_NAMES}, stopped_at, $5::timestamptz, close_reason, terminate_cause FROM moved
+"""
+_ADD_USAGE: Final = """
+INSERT INTO usage AS u (subscriber_id, period, period_start, input_octets, output_octets,
+                        session_time, updated_at)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::date[], $4::bigint[], $5::bigint[],
+                     $6::bigint[], $7::timestamptz[])
+ON CONFLICT (subscriber_id, period, period_start) DO UPDATE SET
+    input_octets = u.input_octets + EXCLUDED.input_octets,
+    output_octets = u.output_octets + EXCLUDED.output_octets,
+    session_time = u.session_time + EXCLUDED.session_time,
+    updated_at = EXCLUDED.updated_at
+RETURNING subscriber_id, period, period_start, input_octets, output_octets, session_time
+"""
+_QUOTA_EVENT: Final = """
+INSERT INTO quota_events (subscriber_id, period, period_start, kind, time, used, quota)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::date[], $4::text[], $5::timestamptz[],
+                     $6::bigint[], $7::bigint[])
+ON CONFLICT DO NOTHING
+"""
+
+
+def _move_to_closed(where: str, stopped_at: str, reason: str, cause: str) -> str:
+    """One statement moving the active rows matching ``where`` to sessions_closed."""
+    return (
+        f"WITH moved AS (DELETE FROM sessions_active WHERE {where} RETURNING *)"
+        f" INSERT INTO sessions_closed ({_CLOSED_NAMES})"
+        f" SELECT {_NAMES}, {stopped_at}, $now_closed, {reason}, {cause} FROM moved"
+    )
+
+
+@dataclass(slots=True)
+class _Session:
+    """A session row in memory while a batch is applied."""
+
+    id: uuid.UUID
+    subscriber_id: int
+    session_key: bytes
+    nas_id: int
+    session_blind: bytes | None
+    port_blind: bytes | None
+    framed_ip_blind: bytes | None
+    framed_ipv6_blind: bytes | None
+    nas_port_type: int | None
+    started_at: datetime
+    updated_at: datetime
+    last_seen: datetime
+    start_seen: bool
+    interim_interval: int | None
+    counters: Counters
+    stored: bool  # already a row in sessions_active
+    sealed: dict[str, bytes | None] = field(default_factory=dict)
+    closed: tuple[datetime, CloseReason, int | None] | None = None
+    changed: bool = False
+
+    def row(self) -> tuple[Any, ...]:
+        c = self.counters
+        return (
+            self.id,
+            self.subscriber_id,
+            self.session_key,
+            self.nas_id,
+            self.session_blind,
+            self.port_blind,
+            self.framed_ip_blind,
+            self.framed_ipv6_blind,
+            self.nas_port_type,
+            self.started_at,
+            self.updated_at,
+            self.last_seen,
+            self.start_seen,
+            self.interim_interval,
+            c.input_octets,
+            c.output_octets,
+            c.input_wraps,
+            c.output_wraps,
+            c.session_time,
+            c.at,
+            *(self.sealed.get(name) for name in SEALED),
+        )
+
+
+def _from_record(row: Any) -> _Session:
+    return _Session(
+        id=row["id"],
+        subscriber_id=row["subscriber_id"],
+        session_key=bytes(row["session_key"]),
+        nas_id=row["nas_id"],
+        session_blind=None if row["session_blind"] is None else bytes(row["session_blind"]),
+        port_blind=None if row["port_blind"] is None else bytes(row["port_blind"]),
+        framed_ip_blind=None if row["framed_ip_blind"] is None else bytes(row["framed_ip_blind"]),
+        framed_ipv6_blind=None
+        if row["framed_ipv6_blind"] is None
+        else bytes(row["framed_ipv6_blind"]),
+        nas_port_type=row["nas_port_type"],
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+        last_seen=row["last_seen"],
+        start_seen=row["start_seen"],
+        interim_interval=row["interim_interval"],
+        counters=Counters(
+            input_octets=row["input_octets"],
+            output_octets=row["output_octets"],
+            input_wraps=row["input_wraps"],
+            output_wraps=row["output_wraps"],
+            session_time=row["session_time"],
+            at=row["counters_at"],
+        ),
+        stored=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PlanTerms:
+    """What a subscriber's plan says about sessions and usage."""
+
+    interim_interval: int | None
+    quota: Quota
+
+
+@dataclass(slots=True)
+class ApplyStats:
+    """What one batch did to sessions: counts, for metrics and tests."""
+
+    started: int = 0
+    lost_starts: int = 0
+    late: int = 0
+    closed: int = 0
+    superseded: int = 0
+    nas_reboots: int = 0
+    wraps: int = 0
+    quota_events: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Keyed:
+    record: AcctRecord
+    key: bytes
+    session_blind: bytes | None
+    port_blind: bytes | None
+
+
+class SessionTracker:
+    """Applies stored accounting records to sessions_active/closed, usage and quota_events.
+
+    ``late_window`` bounds how far back sessions_closed is searched for the
+    session of a record that arrives after its Stop (a time range, so old
+    partitions are pruned). Counters in ``stats`` add up over the tracker's life.
+    """
+
+    def __init__(self, index: BlindIndex, *, late_window: timedelta = timedelta(days=7)) -> None:
+        self._index = index
+        self._late_window = late_window
+        self.stats = ApplyStats()
+
+    def _keyed(self, record: AcctRecord) -> _Keyed:
+        index = self._index
+        assert record.session_id is not None
+        if record.cookie is not None:
+            key = cookie_session_key(index, record.cookie)
+        else:
+            key = tuple_session_key(
+                index,
+                record.nas_id,
+                record.session_id,
+                record.nas_port,
+                record.nas_port_id,
+                record.user_name,
+            )
+        return _Keyed(
+            record=record,
+            key=key,
+            session_blind=session_blind(index, record.nas_id, record.session_id),
+            port_blind=port_blind(index, record.nas_id, record.nas_port, record.nas_port_id),
+        )
+
+    async def apply(
+        self,
+        conn: Connection,
+        records: Iterable[AcctRecord],
+        ciphers: dict[int, FieldCipher],
+        epoch: FieldCipher,
+        *,
+        now: datetime,
+    ) -> ApplyStats:
+        """Apply ``records``, stored for the first time in this transaction; return the counts."""
+        stats = ApplyStats()
+        session_records: list[_Keyed] = []
+        nas_wide: list[AcctRecord] = []
+        for record in records:
+            if record.status in _NAS_WIDE:
+                nas_wide.append(record)
+            elif record.status in _SESSION_STATUSES and record.session_id is not None:
+                session_records.append(self._keyed(record))
+        if not session_records and not nas_wide:
+            return stats
+        session_records.sort(
+            key=lambda k: (k.record.event_time, _RANK[AcctStatus(k.record.status)])
+        )
+
+        keys = sorted({k.key for k in session_records})
+        if keys:
+            # Two batches in flight may both hold records of a session not
+            # yet stored; one waits for the other's commit. Sorted, so two
+            # batches always take their locks in the same order.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
+                sorted({_lock_id(key) for key in keys}),
+            )
+        starts = [k for k in session_records if k.record.status == AcctStatus.START]
+        start_blinds = [k.session_blind for k in starts]
+        start_ports = [k.port_blind for k in starts if k.port_blind is not None]
+        active: dict[bytes, _Session] = {}
+        if keys or start_blinds:
+            rows = await conn.fetch(
+                f"SELECT {_STATE} FROM sessions_active"
+                " WHERE session_key = ANY($1::bytea[]) OR session_blind = ANY($2::bytea[])"
+                " OR port_blind = ANY($3::bytea[])"
+                " ORDER BY session_key FOR UPDATE",
+                keys,
+                start_blinds,
+                start_ports,
+            )
+            for row in rows:
+                loaded = _from_record(row)
+                active[loaded.session_key] = loaded
+        closed_at: dict[bytes, datetime] = {}
+        if keys:
+            rows = await conn.fetch(
+                "SELECT session_key, max(stopped_at) AS stopped_at FROM sessions_closed"
+                " WHERE session_key = ANY($1::bytea[]) AND stopped_at >= $2"
+                " GROUP BY session_key",
+                keys,
+                now - self._late_window,
+            )
+            closed_at = {bytes(r["session_key"]): r["stopped_at"] for r in rows}
+        subscribers = {
+            k.record.subscriber_id
+            for k in session_records
+            if k.record.subscriber_id != NO_SUBSCRIBER
+        }
+        terms = await _plan_terms(conn, subscribers)
+
+        by_session_blind: dict[bytes, _Session] = {}
+        by_port: dict[bytes, _Session] = {}
+        for loaded in active.values():
+            if loaded.session_blind is not None:
+                by_session_blind[loaded.session_blind] = loaded
+            if loaded.port_blind is not None:
+                by_port[loaded.port_blind] = loaded
+        usage: dict[tuple[int, date], list[int]] = defaultdict(lambda: [0, 0, 0])
+        retired: list[_Session] = []  # closed in this batch
+        reservations: list[bytes] = []
+
+        def close(session: _Session, at: datetime, reason: CloseReason, cause: int | None) -> None:
+            session.closed = (at, reason, cause)
+            active.pop(session.session_key, None)
+            if by_session_blind.get(session.session_blind or b"") is session:
+                del by_session_blind[session.session_blind or b""]
+            if by_port.get(session.port_blind or b"") is session:
+                del by_port[session.port_blind or b""]
+            closed_at[session.session_key] = at
+            retired.append(session)
+
+        pending_reboots = sorted(nas_wide, key=lambda r: r.event_time, reverse=True)
+
+        def reboot_until(when: datetime | None) -> None:
+            # Accounting-On/Off up to ``when`` close the NAS's sessions that
+            # began before them (the rows this batch did not load: below).
+            while pending_reboots and (when is None or pending_reboots[-1].event_time <= when):
+                reboot = pending_reboots.pop()
+                for victim in list(active.values()):
+                    if victim.nas_id == reboot.nas_id and victim.started_at <= reboot.event_time:
+                        close(victim, reboot.event_time, CloseReason.NAS_REBOOT, NAS_REBOOT)
+                        stats.nas_reboots += 1
+
+        for keyed in session_records:
+            record = keyed.record
+            reboot_until(record.event_time)
+            session = active.get(keyed.key)
+            status = AcctStatus(record.status)
+            if session is None:
+                previous_stop = closed_at.get(keyed.key)
+                if previous_stop is not None and (
+                    status != AcctStatus.START
+                    or record.cookie is not None
+                    or record.event_time <= previous_stop
+                ):
+                    # After its Stop: a late Interim/Stop, or a replayed Start,
+                    # never reopens the session. (A Start on a reused NAS
+                    # session id after the Stop is a new session.)
+                    stats.late += 1
+                    continue
+                if status == AcctStatus.START:
+                    for older in (
+                        by_session_blind.get(keyed.session_blind or b""),
+                        by_port.get(keyed.port_blind or b""),
+                    ):
+                        # MikroTik and others: a new Start on a port or NAS
+                        # session id means the older session ended unseen.
+                        if older is not None and older.closed is None:
+                            close(older, older.updated_at, CloseReason.SUPERSEDED, None)
+                            stats.superseded += 1
+                session = self._new_session(keyed, terms, ciphers, epoch, now)
+                active[keyed.key] = session
+                if session.session_blind is not None:
+                    by_session_blind[session.session_blind] = session
+                if session.port_blind is not None:
+                    by_port[session.port_blind] = session
+                if status == AcctStatus.START:
+                    stats.started += 1
+                else:
+                    stats.lost_starts += 1
+            elif status == AcctStatus.START and not session.start_seen:
+                session.start_seen = True
+                session.started_at = min(session.started_at, record.event_time)
+                session.changed = True
+            if record.cookie is not None and status == AcctStatus.START:
+                reservations.append(keyed.key)
+            before = session.counters
+            after, delta = advance(before, record)
+            stats.wraps += (after.input_wraps - before.input_wraps) + (
+                after.output_wraps - before.output_wraps
+            )
+            session.counters = after
+            session.updated_at = max(session.updated_at, record.event_time)
+            session.last_seen = max(session.last_seen, record.received_at)
+            session.changed = True
+            if delta and session.subscriber_id != NO_SUBSCRIBER:
+                day = record.event_time.astimezone(UTC).date()
+                bucket = usage[(session.subscriber_id, day)]
+                bucket[0] += delta.input_octets
+                bucket[1] += delta.output_octets
+                bucket[2] += delta.session_time
+            if status == AcctStatus.STOP:
+                close(session, record.event_time, CloseReason.STOP, record.terminate_cause)
+                stats.closed += 1
+        reboot_until(None)
+
+        await self._write(conn, active.values(), retired, now)
+        if reservations:
+            await conn.execute(
+                "DELETE FROM session_reservations WHERE session_key = ANY($1::bytea[])",
+                reservations,
+            )
+        for reboot in nas_wide:
+            # Sessions of the NAS not touched by this batch.
+            moved = await conn.execute(
+                _move_to_closed(
+                    "nas_id = $1 AND started_at <= $2", "$2", "'nas_reboot'", str(NAS_REBOOT)
+                ).replace("$now_closed", "$3"),
+                reboot.nas_id,
+                reboot.event_time,
+                now,
+            )
+            stats.nas_reboots += _count(moved)
+        stats.quota_events = await _add_usage(conn, usage, terms, now)
+        self._add(stats)
+        return stats
+
+    def _add(self, stats: ApplyStats) -> None:
+        total = self.stats
+        for name in ApplyStats.__dataclass_fields__:
+            setattr(total, name, getattr(total, name) + getattr(stats, name))
+
+    def _new_session(
+        self,
+        keyed: _Keyed,
+        terms: dict[int, PlanTerms],
+        ciphers: dict[int, FieldCipher],
+        epoch: FieldCipher,
+        now: datetime,
+    ) -> _Session:
+        record = keyed.record
+        sid = record.subscriber_id
+        cipher = ciphers.get(sid) if sid != NO_SUBSCRIBER else None
+        if cipher is None:
+            # Unattributed, or erased since the lookup: epoch key, subscriber 0.
+            sid, cipher = NO_SUBSCRIBER, epoch
+        row_id = uuid.uuid4()
+        plain: dict[str, bytes | None] = {
+            "session_id": record.session_id,
+            "user_name": record.user_name,
+            "calling_station_id": record.calling_station_id,
+            "framed_ip": None if record.framed_ip is None else record.framed_ip.encode(),
+            "framed_ipv6": None if record.framed_ipv6 is None else record.framed_ipv6.encode(),
+            "nas_ip": None if record.nas_ip is None else record.nas_ip.encode(),
+        }
+        sealed = {
+            name: None if value is None else cipher.seal(value, session_aad(name, row_id, sid))
+            for name, value in plain.items()
+        }
+        plan = terms.get(sid)
+        begin = record.event_time if record.status == AcctStatus.START else started_at(record)
+        return _Session(
+            id=row_id,
+            subscriber_id=sid,
+            session_key=keyed.key,
+            nas_id=record.nas_id,
+            session_blind=keyed.session_blind,
+            port_blind=keyed.port_blind,
+            framed_ip_blind=None
+            if record.framed_ip is None
+            else ip_blind(self._index, record.framed_ip),
+            framed_ipv6_blind=None
+            if record.framed_ipv6 is None
+            else ip_blind(self._index, record.framed_ipv6),
+            nas_port_type=record.nas_port_type,
+            started_at=begin,
+            updated_at=record.event_time,
+            last_seen=record.received_at,
+            start_seen=record.status == AcctStatus.START,
+            interim_interval=None if plan is None else plan.interim_interval,
+            counters=Counters(),
+            stored=False,
+            sealed=sealed,
+        )
+
+    async def _write(
+        self, conn: Connection, active: Iterable[_Session], retired: list[_Session], now: datetime
+    ) -> None:
+        # Stored rows keep their sealed columns: their new counters are
+        # written in place, and the closed ones then move in the database.
+        moving = [s for s in retired if s.stored]
+        changed = [s for s in active if s.changed] + moving
+        if changed:
+            await conn.execute(_UPSERT_ACTIVE, *_columns([s.row() for s in changed], len(COLUMNS)))
+        if moving:
+            closes = [s.closed for s in moving]
+            assert all(c is not None for c in closes)
+            await conn.execute(
+                _MOVE_CLOSED,
+                [s.session_key for s in moving],
+                [c[0] for c in closes if c is not None],
+                [c[1].value for c in closes if c is not None],
+                [c[2] for c in closes if c is not None],
+                now,
+            )
+        fresh = [s for s in retired if not s.stored]
+        if fresh:
+            rows = []
+            for s in fresh:
+                assert s.closed is not None
+                at, reason, cause = s.closed
+                rows.append((*s.row(), at, now, reason.value, cause))
+            await conn.execute(_INSERT_CLOSED, *_columns(rows, len(COLUMNS) + len(CLOSED_EXTRA)))
+
+
+def _lock_id(key: bytes) -> int:
+    # A 64-bit advisory lock id from the (uniformly random) key; kept clear
+    # of the fixed ids store/migrate.py and store/partitions.py use.
+    return int.from_bytes(key[:8], "big", signed=True)
+
+
+def _apply_order(keyed: _Keyed) -> tuple[datetime, int]:
+    return keyed.record.event_time, _RANK[AcctStatus(keyed.record.status)]
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _count(status: str) -> int:
+    try:
+        return int(status.split()[-1])
+    except (ValueError, IndexError):
+        return 0
+
+
+async def _plan_terms(conn: Connection, subscribers: set[int]) -> dict[int, PlanTerms]:
+    if not subscribers:
+        return {}
+    rows = await conn.fetch(
+        "SELECT s.id, p.interim_interval, p.quota_bytes, p.quota_seconds, p.quota_period,"
+        " p.billing_day FROM subscribers s JOIN plans p ON p.id = s.plan_id"
+        " WHERE s.id = ANY($1::bigint[])",
+        list(subscribers),
+    )
+    return {
+        r["id"]: PlanTerms(
+            interim_interval=interim_interval(r["interim_interval"]),
+            quota=Quota(
+                period=Period(r["quota_period"]),
+                billing_day=r["billing_day"],
+                bytes=r["quota_bytes"],
+                seconds=r["quota_seconds"],
+            ),
+        )
+        for r in rows
+    }
+
+
+async def _add_usage(
+    conn: Connection,
+    usage: dict[tuple[int, date], list[int]],
+    terms: dict[int, PlanTerms],
+    now: datetime,
+) -> int:
+    """Add the batch's deltas to the day and billing-cycle rows; record quota crossings."""
+    if not usage:
+        return 0
+    totals: dict[tuple[int, str, date], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for (sid, day), (din, dout, dsec) in usage.items():
+        plan = terms.get(sid)
+        billing_day = 1 if plan is None else plan.quota.billing_day
+        for period in Period:
+            start = period_start(period, day, billing_day=billing_day)
+            bucket = totals[(sid, period.value, start)]
+            bucket[0] += din
+            bucket[1] += dout
+            bucket[2] += dsec
+    keys = sorted(totals)  # a fixed order: concurrent batches lock rows alike
+    rows = await conn.fetch(
+        _ADD_USAGE,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [totals[k][0] for k in keys],
+        [totals[k][1] for k in keys],
+        [totals[k][2] for k in keys],
+        [now] * len(keys),
+    )
+    events: list[tuple[int, str, date, str, datetime, int, int]] = []
+    for r in rows:
+        plan = terms.get(r["subscriber_id"])
+        if plan is None or plan.quota.period.value != r["period"]:
+            continue
+        for kind, used, quota in quota_crossed(
+            plan.quota,
+            octets=r["input_octets"] + r["output_octets"],
+            seconds=r["session_time"],
+        ):
+            events.append(
+                (r["subscriber_id"], r["period"], r["period_start"], kind, now, used, quota)
+            )
+    if events:
+        status = await conn.execute(_QUOTA_EVENT, *_columns(events, 7))
+        return _count(status)
+    return 0
+
+
+async def close_stale(pool: Pool, *, now: datetime, grace: int, default_interval: int) -> int:
+    """Close sessions with no record for 2 x interim interval + ``grace`` seconds; return how many.
+
+    Closed as ``stale`` at their last event time, never deleted: the usage
+    they reported stays, and a record that arrives later is a late one.
+    """
+    where = (
+        "last_seen < $1::timestamptz - make_interval(secs =>"
+        " 2 * coalesce(interim_interval, $2::integer) + $3::integer)"
+    )
+    async with acquire(pool, timeout=30.0) as conn:
+        status = await conn.execute(
+            _move_to_closed(where, "updated_at", "'stale'", "NULL").replace("$now_closed", "$1"),
+            now,
+            default_interval,
+            grace,
+        )
+    return _count(status)
