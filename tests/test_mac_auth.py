@@ -180,7 +180,68 @@ def test_mac_auth_is_off_unless_configured() -> None:
     assert attempt.method is not None and attempt.method.name == "pap"
 
 
+FIXED = "hotspot-mac-Pw-31"
+
+
+@pytest.mark.parametrize(
+    ("password", "method"),
+    [
+        (FIXED.encode(), "mac"),  # the NAS-wide mac-auth-password
+        (b"0A-1B-2C-3D-4E-5F", "mac"),  # the MAC still works
+        (b"", "mac"),  # and the empty password
+        (FIXED.encode() + b"x", "pap"),  # anything else is an ordinary PAP login
+        (FIXED.upper().encode(), "pap"),
+    ],
+)
+def test_fixed_mac_auth_password_is_accepted_besides_the_mac_and_empty(
+    password: bytes, method: str
+) -> None:
+    """With ``mac_auth_password`` set, that exact password makes a MAC-named login MAC
+    auth too; without the setting it stays PAP."""
+    from ispcare_radius.aaa.methods import configure, resolve
+
+    methods = configure(resolve(METHODS), mac_auth_password=Secret(FIXED))
+    attempt = Attempt(_request(b"0A-1B-2C-3D-4E-5F", password), methods)
+    assert read_credentials(attempt, NOW) is None
+    assert attempt.method is not None and attempt.method.name == method
+    plain = Attempt(_request(b"0A-1B-2C-3D-4E-5F", FIXED.encode()), resolve(METHODS))
+    assert read_credentials(plain, NOW) is None
+    assert plain.method is not None and plain.method.name == "pap"
+
+
+def test_fixed_mac_auth_password_stays_out_of_reprs() -> None:
+    """The setting is a Secret: neither the settings nor the method print it."""
+    settings = AuthSettings(methods=METHODS, mac_auth_password=Secret(FIXED))
+    assert FIXED not in repr(settings)
+    assert FIXED not in repr(Mac(Secret(FIXED))) and FIXED not in repr(vars(Mac(Secret(FIXED))))
+
+
 # --- against PostgreSQL -----------------------------------------------------------
+
+
+async def test_fixed_mac_auth_password_authorises_the_device(
+    dictionary: Dictionary,
+    pg_pool: Pool,
+    repo: SubscriberRepository,
+    devices: DeviceRepository,
+    directory: CachedSubscriberDirectory,
+) -> None:
+    """A hotspot sending its fixed mac-auth-password gets the device's owner's plan,
+    recorded as method mac; a wrong fixed password is a PAP login for an unknown user."""
+    sid = await _provision(pg_pool, repo, devices)
+    events = Events()
+    handler = AccessHandler(
+        directory=directory,
+        events=events,
+        renderer=ReplyRenderer(dictionary),
+        settings=AuthSettings(methods=METHODS, mac_auth_password=Secret(FIXED)),
+        clock=lambda: NOW,
+    )
+    reply = await handler.handle(_mac_request("0a1b.2c3d.4e5f", FIXED))
+    assert (reply.code, reply.reason) == (Code.ACCESS_ACCEPT, "accept")
+    assert (events.events[-1].subscriber_id, events.events[-1].method) == (sid, "mac")
+    wrong = await handler.handle(_mac_request("0a1b.2c3d.4e5f", FIXED + "!"))
+    assert (wrong.reason, events.events[-1].method) == ("unknown_user", "pap")
 
 
 def test_directory_implements_the_mac_ports(directory: CachedSubscriberDirectory) -> None:

@@ -116,3 +116,92 @@ def test_csv_minimal_columns(tmp_path: Path) -> None:
         ImportRow(user_name="y", password="x", line=4),
     ]
     assert "émile" not in repr(rows[0]) and "s3cret" not in repr(rows[0])
+
+
+async def test_csv_with_credential_binding_and_policy_columns(
+    repo: SubscriberRepository, pg_pool: Pool, tmp_path: Path
+) -> None:
+    """nt_hash, password_hash, mac_binding, the IPv6 prefix, netmask, routes, delegated
+    prefix, IPv6 address and the overrides import and read back as set."""
+    from ispcare_radius.aaa.methods.credentials import ScryptCost, scrypt_hash
+    from ispcare_radius.aaa.methods.mscrypto import nt_password_hash
+    from ispcare_radius.aaa.model import MacBinding, Overrides
+
+    nt = nt_password_hash("imported-Pw-1").hex()
+    slow = scrypt_hash(b"imported-Pw-2", ScryptCost(n=16, r=1, p=1))
+    path = tmp_path / "full.csv"
+    path.write_text(
+        "user_name,nt_hash,password_hash,mac_binding,mac_lock,static_ipv6_prefix,"
+        "framed_netmask,framed_routes,delegated_ipv6_prefix,framed_ipv6_address,"
+        "download_kbps,upload_kbps,session_timeout,idle_timeout\n"
+        f"nt-only,{nt},,first_login,,2001:db8:1::/48,/29,"
+        "198.51.100.0/28;203.0.113.0/29 192.0.2.1 5,2001:db8:2::/56,2001:db8::9,"
+        "20000,5000,7200,600\n"
+        # The scrypt text holds commas: quoted, as CSV does.
+        f'slow-only,,"{slow}",lock,02:00:00:00:00:07,,,,,,,,,\n'
+    )
+    assert await repo.import_rows(parse_import_csv(path)) == 2
+    view = await repo.get("nt-only")
+    assert view is not None
+    assert (view.has_password, view.has_nt_hash, view.has_slow_hash) == (False, True, False)
+    assert view.methods == ("pap", "mschap", "mschapv2")
+    assert (view.mac_binding, view.mac_lock) == (MacBinding.FIRST_LOGIN, None)
+    assert str(view.static_ipv6_prefix) == "2001:db8:1::/48"
+    assert str(view.framed_netmask) == "255.255.255.248"
+    assert view.framed_routes == ("198.51.100.0/28 0.0.0.0 1", "203.0.113.0/29 192.0.2.1 5")
+    assert str(view.delegated_ipv6_prefix) == "2001:db8:2::/56"
+    assert str(view.framed_ipv6_address) == "2001:db8::9"
+    assert view.overrides == Overrides(
+        download_kbps=20000, upload_kbps=5000, session_timeout=7200, idle_timeout=600
+    )
+    slow_view = await repo.get("slow-only")
+    assert slow_view is not None and slow_view.methods == ("pap",)
+    assert (slow_view.mac_binding, slow_view.mac_lock) == (MacBinding.LOCK, "02:00:00:00:00:07")
+    # No credential or address in clear in the rows.
+    row = await pg_pool.fetchrow("SELECT * FROM subscribers WHERE slow_hash_enc IS NOT NULL")
+    assert row is not None
+    blob = b"".join(bytes(v) for v in row.values() if isinstance(v, bytes | bytearray))
+    assert slow.encode() not in blob and bytes.fromhex(nt) not in blob
+
+
+def test_csv_new_columns_are_checked_by_line(tmp_path: Path) -> None:
+    """A credential column is needed; bad numbers name their line (the value never)."""
+    cases = {
+        "user_name,plan\nu,p\n": "line 1: required column password is missing",
+        "user_name,nt_hash,download_kbps\nu,00,ten\n": "line 2: download_kbps is not a whole",
+        "user_name,password,idle_timeout\nu,p,-5\n": "line 2: idle_timeout must not be negative",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "c.csv"
+        path.write_text(text)
+        with pytest.raises(ValueError, match="^" + re.escape(message)):
+            list(parse_import_csv(path))
+
+
+@pytest.mark.parametrize(
+    ("columns", "cells", "message"),
+    [
+        ("nt_hash", "abcd", "line 2: NT hash must be 32 hex digits"),
+        ("password,password_hash", "p,$md5$x", "line 2: password hash is not"),
+        ("password,mac_binding", "p,lock", "line 2: mac_binding lock needs a mac_lock"),
+        ("password,mac_binding", "p,sometimes", "line 2: MAC binding must be one of"),
+        ("password,framed_routes", "p,10.0.0.0/33", "line 2: route is not"),
+    ],
+)
+async def test_bad_new_fields_stop_the_import_by_line(
+    repo: SubscriberRepository,
+    pg_pool: Pool,
+    tmp_path: Path,
+    columns: str,
+    cells: str,
+    message: str,
+) -> None:
+    """A malformed NT hash, scrypt string, binding or route fails the whole import,
+    naming the line and never the value."""
+    path = tmp_path / "bad.csv"
+    path.write_text(f"user_name,{columns}\nsomeone,{cells}\n")
+    with pytest.raises(ValueError, match="^" + re.escape(message)) as info:
+        await repo.import_rows(parse_import_csv(path))
+    if "mac_binding" not in columns:  # binding names are not personal values
+        assert cells.split(",")[-1] not in str(info.value)
+    assert await pg_pool.fetchval("SELECT count(*) FROM subscribers") == 0

@@ -164,6 +164,7 @@ def test_juniper_qos_profile_name_and_address_pool(name: str) -> None:
     assert profile(name).render(PLAN) == [
         ("ERX-Qos-Profile-Name", "ispcare-down-50000k-up-10000k"),
         ("ERX-Address-Pool-Name", "pool-a"),
+        ("ERX-IPv6-Delegated-Pool-Name", "pd-a"),
     ]
     assert Juniper().rate_limit(Plan(7, "q", qos_profile="gold")) == [
         ("ERX-Qos-Profile-Name", "gold")
@@ -238,6 +239,22 @@ def test_accept_carries_rfc_pools_and_the_vendor_pool_together(dictionary: Dicti
         ("Delegated-IPv6-Prefix-Pool", "pd-a"),
         ("ERX-Qos-Profile-Name", "ispcare-down-50000k-up-10000k"),
         ("ERX-Address-Pool-Name", "pool-a"),
+        ("ERX-IPv6-Delegated-Pool-Name", "pd-a"),
+    ]
+
+
+def test_juniper_sends_the_ipv6_delegated_pool_as_vendor_attribute_161(
+    dictionary: Dictionary,
+) -> None:
+    """ERX-IPv6-Delegated-Pool-Name is Juniper (4874) VSA 161 on the wire, and only
+    the IPv6 pool makes the profile send it."""
+    pairs = Juniper().render(Plan(10, "v6", ipv6_pool="pd-b"))
+    assert pairs == [("ERX-IPv6-Delegated-Pool-Name", "pd-b")]
+    wire = dictionary.encode(*pairs[0])
+    # RFC 2865 section 5.26: type 26, length, Vendor-Id, then type, length, value.
+    assert wire == bytes((26, 6 + 2 + 4)) + (4874).to_bytes(4) + bytes((161, 6)) + b"pd-b"
+    assert Juniper().render(Plan(11, "v4", ipv4_pool="pool-b")) == [
+        ("ERX-Address-Pool-Name", "pool-b")
     ]
 
 

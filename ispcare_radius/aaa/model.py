@@ -24,6 +24,15 @@ class SubscriberStatus(StrEnum):
     DEACTIVATED = "deactivated"
 
 
+class MacBinding(StrEnum):
+    """How a subscriber's MAC lock is set: never, by an operator, or by the first login."""
+
+    OFF = "off"
+    LOCK = "lock"  # an operator set the lock
+    # The first accepted login's Calling-Station-Id becomes the lock.
+    FIRST_LOGIN = "first_login"
+
+
 class MessageAuthenticatorPolicy(StrEnum):
     """Per-NAS BlastRADIUS (CVE-2024-3596) mitigation for Access-Requests."""
 
@@ -109,6 +118,11 @@ class Subscriber:
     delegated_ipv6_prefix: ipaddress.IPv6Network | None = field(default=None, repr=False)
     framed_ipv6_address: ipaddress.IPv6Address | None = field(default=None, repr=False)
     overrides: Overrides | None = None
+    # Credentials held instead of (or besides) ``password``, see
+    # aaa/methods/credentials.py: the 16-byte NT hash, the ``$scrypt$`` text.
+    nt_hash: Secret | None = None
+    slow_hash: Secret | None = None
+    mac_binding: MacBinding = MacBinding.OFF
 
 
 @dataclass(frozen=True, slots=True)

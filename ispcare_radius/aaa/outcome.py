@@ -22,6 +22,9 @@ class Outcome(StrEnum):
     MALFORMED_USER_NAME = "malformed_user_name"
     NO_CREDENTIALS = "no_credentials"
     UNSUPPORTED_METHOD = "unsupported_method"
+    # The method cannot be verified against the credential form the account
+    # holds (e.g. CHAP against an NT hash); the method's reject hook says why.
+    METHOD_UNSUPPORTED_BY_CREDENTIAL = "method_unsupported_by_credential"
     MALFORMED_PASSWORD = "malformed_password"
     MALFORMED_CREDENTIALS = "malformed_credentials"
     CONFLICTING_CREDENTIALS = "conflicting_credentials"
@@ -36,6 +39,8 @@ class Outcome(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
     MAC_BLOCKED = "mac_blocked"
     OUTSIDE_LOGIN_HOURS = "outside_login_hours"
+    # The plan's Simultaneous-Use limit is reached (policy "reject").
+    SIMULTANEOUS_USE = "simultaneous_use"
     # Accepted into the plan's walled garden instead of rejected.
     SUSPENDED_WALLED_GARDEN = "suspended_walled_garden"
     EXPIRED_WALLED_GARDEN = "expired_walled_garden"
@@ -46,6 +51,18 @@ class StoreFailureAction(StrEnum):
 
     REJECT = "reject"
     NO_REPLY = "no_reply"
+
+
+class SimultaneousUsePolicy(StrEnum):
+    """What a login beyond the plan's Simultaneous-Use limit gets.
+
+    ``reject``: Access-Reject, the sessions already up stay. ``disconnect_oldest``:
+    Access-Accept, and the oldest active session is recorded for a
+    Disconnect-Request (RFC 5176), so the newest device wins.
+    """
+
+    REJECT = "reject"
+    DISCONNECT_OLDEST = "disconnect_oldest"
 
 
 _REJECT = int(Code.ACCESS_REJECT)
@@ -60,6 +77,7 @@ _BASE_TABLE: Mapping[Outcome, int | None] = MappingProxyType(
         Outcome.MALFORMED_USER_NAME: _REJECT,
         Outcome.NO_CREDENTIALS: _REJECT,
         Outcome.UNSUPPORTED_METHOD: _REJECT,
+        Outcome.METHOD_UNSUPPORTED_BY_CREDENTIAL: _REJECT,
         Outcome.MALFORMED_PASSWORD: _REJECT,
         Outcome.MALFORMED_CREDENTIALS: _REJECT,
         Outcome.CONFLICTING_CREDENTIALS: _REJECT,
@@ -73,6 +91,7 @@ _BASE_TABLE: Mapping[Outcome, int | None] = MappingProxyType(
         Outcome.UNKNOWN_DEVICE: _REJECT,
         Outcome.MAC_BLOCKED: _REJECT,
         Outcome.OUTSIDE_LOGIN_HOURS: _REJECT,
+        Outcome.SIMULTANEOUS_USE: _REJECT,
         # Accepts that confine the session (see ReplyRenderer.walled_garden).
         Outcome.SUSPENDED_WALLED_GARDEN: int(Code.ACCESS_ACCEPT),
         Outcome.EXPIRED_WALLED_GARDEN: int(Code.ACCESS_ACCEPT),
@@ -87,6 +106,7 @@ REPLY_MESSAGES: Mapping[Outcome, str] = MappingProxyType(
         Outcome.EXPIRED: "Account expired",
         Outcome.DEACTIVATED: "Account deactivated",
         Outcome.OUTSIDE_LOGIN_HOURS: "Login not allowed at this time",
+        Outcome.SIMULTANEOUS_USE: "Too many sessions",
         Outcome.SUSPENDED_WALLED_GARDEN: "Account suspended",
         Outcome.EXPIRED_WALLED_GARDEN: "Account expired",
     }

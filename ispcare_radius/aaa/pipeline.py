@@ -9,6 +9,7 @@ ports; never imports asyncpg or ``store``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import time
@@ -16,25 +17,42 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ispcare_radius.aaa.cookie import new_cookie
 from ispcare_radius.aaa.hours import login_window
-from ispcare_radius.aaa.methods import DEFAULT_METHODS, REGISTRY, resolve
+from ispcare_radius.aaa.methods import DEFAULT_METHODS, REGISTRY, configure, resolve
 from ispcare_radius.aaa.methods.base import Attempt, Method
 from ispcare_radius.aaa.methods.mac import Mac, mac_of
-from ispcare_radius.aaa.model import AuthEvent, AuthResult, SubscriberStatus
-from ispcare_radius.aaa.outcome import Outcome, StoreFailureAction, reply_codes
+from ispcare_radius.aaa.methods.pap import slow_check
+from ispcare_radius.aaa.model import (
+    AuthEvent,
+    AuthResult,
+    MacBinding,
+    Subscriber,
+    SubscriberStatus,
+)
+from ispcare_radius.aaa.outcome import (
+    Outcome,
+    SimultaneousUsePolicy,
+    StoreFailureAction,
+    reply_codes,
+)
 from ispcare_radius.aaa.ports import (
     MISS,
+    Admission,
     AuthEventSink,
     CachedDirectory,
     CachedMacDirectory,
+    MacBinder,
     MacDirectory,
     Miss,
+    SessionLimiter,
     StoreUnavailable,
     SubscriberDirectory,
 )
-from ispcare_radius.aaa.reply import ReplyRenderer
+from ispcare_radius.aaa.reply import ReplyRenderer, class_attribute
 from ispcare_radius.aaa.request import NOT_READY, NotReady, Reply, Request
 from ispcare_radius.privacy.blind import normalize_mac
+from ispcare_radius.privacy.secret import Secret
 from ispcare_radius.protocol.codes import Code
 from ispcare_radius.protocol.packet import Packet
 
@@ -65,9 +83,17 @@ class AuthSettings:
 
     on_store_failure: StoreFailureAction = StoreFailureAction.REJECT
     methods: tuple[str, ...] = DEFAULT_METHODS
+    simultaneous_use_policy: SimultaneousUsePolicy = SimultaneousUsePolicy.REJECT
+    # Seconds an accepted login holds its Simultaneous-Use slot while its
+    # Accounting Start has not arrived (a NAS that never starts the session).
+    reservation_ttl: float = 120.0
+    # The fixed password some NAS send for MAC auth (methods/mac.py).
+    mac_auth_password: Secret | None = None
 
     def __post_init__(self) -> None:
         resolve(self.methods)  # ValueError naming an unknown method, at start
+        if not self.reservation_ttl > 0:
+            raise ValueError("reservation_ttl must be positive")
 
 
 Step = Callable[[Attempt, float], Outcome | None]
@@ -85,7 +111,8 @@ def _claimant(packet: Packet, enabled: tuple[Method, ...]) -> Method | Outcome:
             return Outcome.UNSUPPORTED_METHOD
         return Outcome.NO_CREDENTIALS
     method = claims[0]
-    return method if method in enabled else Outcome.UNSUPPORTED_METHOD
+    # The enabled instance carries its settings (see ``methods.configure``).
+    return next((m for m in enabled if m.name == method.name), Outcome.UNSUPPORTED_METHOD)
 
 
 def read_credentials(attempt: Attempt, now: float) -> Outcome | None:
@@ -105,16 +132,10 @@ def read_credentials(attempt: Attempt, now: float) -> Outcome | None:
         return found
     attempt.method = found
     outcome = found.read(attempt)
-    mac = REGISTRY.get("mac")
-    if (
-        outcome is None
-        and found.name == "pap"
-        and isinstance(mac, Mac)
-        and mac in attempt.methods
-        and mac.takes_over(attempt)
-    ):
-        # A PAP password that is empty or the User-Name's own MAC makes this
-        # MAC auth (the precedence is documented in methods/mac.py).
+    mac = next((m for m in attempt.methods if isinstance(m, Mac)), None)
+    if outcome is None and found.name == "pap" and mac is not None and mac.takes_over(attempt):
+        # A PAP password that is empty, the User-Name's own MAC or the fixed
+        # MAC-auth password makes this MAC auth (methods/mac.py).
         attempt.method = mac
         outcome = mac.read(attempt)
     return outcome
@@ -220,12 +241,20 @@ class AccessHandler:
         settings: AuthSettings = AuthSettings(),
         checks: Sequence[Step] = DEFAULT_CHECKS,
         clock: Callable[[], float] = time.time,
+        limiter: SessionLimiter | None = None,
     ) -> None:
         self._directory = directory
+        # Without a limiter, plans' Simultaneous-Use limits are not enforced.
+        self._limiter = limiter
+        self._limit_policy = settings.simultaneous_use_policy
+        self._reservation_ttl = settings.reservation_ttl
         self._events = events
         self._renderer = renderer
         self._codes = reply_codes(settings.on_store_failure)
-        self._methods = resolve(settings.methods)
+        self._methods = configure(
+            resolve(settings.methods), mac_auth_password=settings.mac_auth_password
+        )
+        self._binder = directory if isinstance(directory, MacBinder) else None
         self._checks = tuple(checks)
         self._clock = clock
         self._peek = directory.peek if isinstance(directory, CachedDirectory) else None
@@ -249,6 +278,11 @@ class AccessHandler:
                 found = self._peek_lookup(attempt)
                 if isinstance(found, Miss):
                     return NOT_READY
+                if found is None and self._session_limit(attempt) is not None:
+                    # The limiter is a database transaction: not for this path.
+                    return NOT_READY
+                if found is None and _needs_task(attempt):
+                    return NOT_READY
                 outcome = found or self._check(attempt, now)
         except Exception:  # a bug must not become an accept or a crash
             outcome = Outcome.INTERNAL_ERROR
@@ -261,9 +295,26 @@ class AccessHandler:
             outcome = await self._decide(attempt, now)
         except Exception:  # a bug must not become an accept or a crash
             outcome = Outcome.INTERNAL_ERROR
-        return self._answer(attempt, outcome, now)
+        cookie = new_cookie()
+        outcome, attributes = self._render(attempt, outcome, now, cookie)
+        limit = self._session_limit(attempt) if outcome is Outcome.ACCEPT else None
+        if limit is not None:
+            # Last, once the accept is rendered: nothing after the limiter can
+            # turn an admitted login into a reject and strand its reservation.
+            outcome = await self._admit(attempt, limit, cookie, now)
+            if outcome is not Outcome.ACCEPT:
+                attributes = b""
+        return self._finish(attempt, outcome, attributes, now)
 
     def _answer(self, attempt: Attempt, outcome: Outcome, now: float) -> Reply:
+        outcome, attributes = self._render(attempt, outcome, now, new_cookie())
+        return self._finish(attempt, outcome, attributes, now)
+
+    def _render(
+        self, attempt: Attempt, outcome: Outcome, now: float, cookie: bytes
+    ) -> tuple[Outcome, bytes]:
+        """The accept attributes for an accepting ``outcome`` (b"" otherwise);
+        INTERNAL_ERROR if they cannot be rendered."""
         attributes = b""
         method = attempt.method
         if outcome is Outcome.ACCEPT:
@@ -284,6 +335,14 @@ class AccessHandler:
                     attributes += method.accept_attributes(attempt)
             except Exception:
                 outcome = Outcome.INTERNAL_ERROR
+        if self._codes[outcome] == Code.ACCESS_ACCEPT:
+            # Every Access-Accept names its session with a fresh Class cookie
+            # (aaa/cookie.py), which accounting keys the session on.
+            attributes += class_attribute(cookie)
+        return outcome, attributes
+
+    def _finish(self, attempt: Attempt, outcome: Outcome, attributes: bytes, now: float) -> Reply:
+        method = attempt.method
         code = self._codes[outcome]
         if code is not None and code != Code.ACCESS_ACCEPT:
             attributes = self._renderer.reject(outcome)
@@ -302,7 +361,30 @@ class AccessHandler:
             outcome = await self._lookup(attempt)
         except StoreUnavailable:
             return Outcome.STORE_UNAVAILABLE
-        return outcome or self._check(attempt, now)
+        if outcome is None and (job := slow_check(attempt)) is not None:
+            # A scrypt comparison is tens of milliseconds of CPU: not on the loop.
+            attempt.slow_match = await asyncio.to_thread(job)
+        outcome = outcome or self._check(attempt, now)
+        if outcome is Outcome.ACCEPT and _first_login_pending(attempt.subscriber):
+            outcome = await self._bind_first_mac(attempt)
+        return outcome
+
+    async def _bind_first_mac(self, attempt: Attempt) -> Outcome:
+        """The first accepted login of a ``first_login`` subscriber locks its MAC.
+
+        The binder writes only while no lock is set, so of two first logins
+        from different MACs one binds and the other is a mismatch. A login
+        without a usable Calling-Station-Id cannot bind and is refused.
+        """
+        assert attempt.subscriber is not None
+        mac = mac_of(attempt.request.packet.get(CALLING_STATION_ID))
+        if mac is None or self._binder is None:
+            return Outcome.MAC_LOCK_MISMATCH
+        try:
+            bound = await self._binder.bind_first_mac(attempt.subscriber.id, mac)
+        except StoreUnavailable:
+            return Outcome.STORE_UNAVAILABLE
+        return Outcome.ACCEPT if bound else Outcome.MAC_LOCK_MISMATCH
 
     async def _lookup(self, attempt: Attempt) -> Outcome | None:
         """Refuse blocked MACs, then find the subscriber: by device for MAC auth, else by name."""
@@ -352,6 +434,38 @@ class AccessHandler:
         attempt.subscriber = found
         return None
 
+    def _session_limit(self, attempt: Attempt) -> int | None:
+        """The plan's Simultaneous-Use limit when enforced, else None.
+
+        None and 0 mean unlimited: such logins never reach the limiter, so
+        they cost no database round trip.
+        """
+        if self._limiter is None or attempt.subscriber is None:
+            return None
+        plan = attempt.subscriber.plan
+        if plan is None or not plan.simultaneous_use:
+            return None
+        return plan.simultaneous_use
+
+    async def _admit(self, attempt: Attempt, limit: int, cookie: bytes, now: float) -> Outcome:
+        """Ask the limiter whether this accepted login may start (reserving its slot)."""
+        assert self._limiter is not None and attempt.subscriber is not None
+        try:
+            admission = await self._limiter.admit(
+                subscriber_id=attempt.subscriber.id,
+                limit=limit,
+                cookie=cookie,
+                nas_id=attempt.request.nas.id,
+                policy=self._limit_policy,
+                now=now,
+                ttl=self._reservation_ttl,
+            )
+        except StoreUnavailable:
+            return Outcome.STORE_UNAVAILABLE
+        except Exception:  # a bug must not become an accept or a crash
+            return Outcome.INTERNAL_ERROR
+        return Outcome.SIMULTANEOUS_USE if admission is Admission.REFUSED else Outcome.ACCEPT
+
     def _check(self, attempt: Attempt, now: float) -> Outcome:
         if attempt.subscriber is None:
             return Outcome.UNKNOWN_USER
@@ -392,6 +506,16 @@ def _macs_to_screen(attempt: Attempt) -> tuple[bytes, ...]:
     if isinstance(attempt.method, Mac) and isinstance(attempt.credentials, bytes):
         found.append(attempt.credentials)
     return tuple(dict.fromkeys(m for m in found if m is not None))
+
+
+def _first_login_pending(sub: Subscriber | None) -> bool:
+    """A ``first_login`` subscriber whose MAC is not bound yet."""
+    return sub is not None and sub.mac_binding is MacBinding.FIRST_LOGIN and sub.mac_lock is None
+
+
+def _needs_task(attempt: Attempt) -> bool:
+    """Work the synchronous path must not do: a scrypt comparison, a MAC bind."""
+    return slow_check(attempt) is not None or _first_login_pending(attempt.subscriber)
 
 
 def _nas_ip(v4: bytes | None, v6: bytes | None) -> str | None:

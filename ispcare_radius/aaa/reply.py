@@ -10,6 +10,7 @@ aaa model only.
 
 from __future__ import annotations
 
+from ispcare_radius.aaa.cookie import CLASS
 from ispcare_radius.aaa.hours import login_window
 from ispcare_radius.aaa.model import Nas, Plan, Subscriber
 from ispcare_radius.aaa.outcome import REPLY_MESSAGES, Outcome
@@ -32,6 +33,18 @@ _SERVER_OWNED = frozenset(
     {(0, 2), (0, 3), (0, 33), (0, 79), (0, 80), (0, 24)}
     | {(311, 1), (311, 2), (311, 11), (311, 25), (311, 26)}
 )
+
+
+def class_attribute(cookie: bytes) -> bytes:
+    """The encoded Class attribute carrying ``cookie`` (see ``aaa.cookie``).
+
+    RFC 2865 section 5.25: Class "is available to be sent by the server to
+    the client in an Access-Accept"; its String is 1 or more octets, here the
+    21-byte cookie. Encoded by hand: it is on every accept's path.
+    """
+    if not 1 <= len(cookie) <= 253:
+        raise ValueError("a Class value is 1 to 253 octets")
+    return bytes((CLASS, len(cookie) + 2)) + cookie
 
 
 class ReplyRenderer:

@@ -192,13 +192,17 @@ class Juniper:
         return [("ERX-Qos-Profile-Name", f"ispcare-down-{_k(down)}-up-{_k(up)}")]
 
     def render(self, plan: Plan) -> AttributeValues:
-        """QoS profile, then ``ERX-Address-Pool-Name`` for the IPv4 pool."""
+        """QoS profile, ``ERX-Address-Pool-Name`` for the IPv4 pool and
+        ``ERX-IPv6-Delegated-Pool-Name`` for the delegated IPv6 prefix pool.
+
+        The renderer sends the IPv6 pool as RFC 6911 Delegated-IPv6-Prefix-Pool
+        too; JunosE releases older than RFC 6911 support read only the VSA.
+        """
         out = self.rate_limit(plan)
         if plan.ipv4_pool:
             out.append(("ERX-Address-Pool-Name", plan.ipv4_pool))
-        # The IPv6 delegated pool travels as RFC 6911 Delegated-IPv6-Prefix-Pool
-        # (added by the renderer): the shipped ERX dictionary has no
-        # ERX-IPv6-Delegated-Pool-Name.
+        if plan.ipv6_pool:
+            out.append(("ERX-IPv6-Delegated-Pool-Name", plan.ipv6_pool))
         return out
 
     def walled_garden(self, name: str) -> AttributeValues:

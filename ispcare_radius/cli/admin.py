@@ -13,6 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ispcare_radius.aaa.methods.credentials import (
+    SERVES,
+    CredentialForm,
+    scrypt_hash,
+    unsupported_message,
+)
 from ispcare_radius.aaa.model import Plan
 from ispcare_radius.aaa.reply import ReplyRenderer
 from ispcare_radius.cli.args import CLEARABLE_POLICY, POLICY_OPTIONS, die
@@ -46,8 +52,9 @@ async def run_admin(config: Config, args: argparse.Namespace) -> int:
             from ispcare_radius.cli.devices import run_device
 
             return await run_device(store, args)
-        handler = {"nas": _nas, "subscriber": _subscriber}[args.command]
-        return await handler(store, args)
+        if args.command == "subscriber":
+            return await _subscriber(store, args, config)
+        return await _nas(store, args)
 
 
 def _table(rows: list[dict[str, Any]]) -> None:
@@ -209,16 +216,57 @@ def _mac(text: str | None) -> str | None:
     return text
 
 
-async def _subscriber(store: Store, args: argparse.Namespace) -> int:
+def _credentials(args: argparse.Namespace, config: Config, *, adding: bool) -> dict[str, Any]:
+    """The credential options as repository fields (empty when none was given).
+
+    ``--password-hash scrypt`` stores the scrypt hash instead of the reversible
+    password; ``--nt-hash`` alone needs no password.
+    """
+    nt_hash = args.nt_hash
+    password = _read_password(args, required=adding and nt_hash is None)
+    out: dict[str, Any] = {}
+    if args.password_hash == "scrypt":
+        if password is None:
+            die("--password-hash needs a password (--password-stdin)", 2)
+        out["password_hash"] = scrypt_hash(password.encode("utf-8"), config.password_hash)
+        out["password"] = None
+    elif password is not None:
+        out["password"] = password
+    if nt_hash is not None:
+        out["nt_hash"] = nt_hash
+    return out
+
+
+def _show(view: Any) -> None:
+    """Every field, then which password methods cannot work and why."""
+    fields = dataclasses.asdict(view)
+    methods = fields.pop("methods")
+    for key, value in fields.items():
+        print(f"{key}: {_cell(value)}")
+    print(f"methods: {', '.join(methods) or 'none (no password or hash stored)'}")
+    held = (
+        (CredentialForm.PASSWORD, view.has_password),
+        (CredentialForm.NT_HASH, view.has_nt_hash),
+        (CredentialForm.SLOW_HASH, view.has_slow_hash),
+    )
+    forms = frozenset(form for form, present in held if present)
+    for method in SERVES:
+        why = unsupported_message(method, forms)
+        if why is not None:
+            print(f"not {method}: {why}")
+
+
+async def _subscriber(store: Store, args: argparse.Namespace, config: Config) -> int:
     repo = store.subscribers
     action = args.action
     try:
         if action == "add":
-            password = _read_password(args, required=True)
-            assert password is not None
+            creds = _credentials(args, config, adding=True)
             sid = await repo.add(
                 args.user_name,
-                password,
+                creds.pop("password", None),
+                **creds,
+                mac_binding=args.mac_binding,
                 plan=args.plan,
                 status=args.status or "active",
                 expires_at=args.expires,
@@ -233,14 +281,12 @@ async def _subscriber(store: Store, args: argparse.Namespace) -> int:
             view = await repo.get(args.user_name)
             if view is None:
                 die("no such subscriber")
-            for key, value in dataclasses.asdict(view).items():
-                print(f"{key}: {_cell(value)}")
+            _show(view)
             return 0
         if action == "set":
-            changes: dict[str, Any] = {}
-            password = _read_password(args, required=False)
-            if password is not None:
-                changes["password"] = password
+            changes: dict[str, Any] = _credentials(args, config, adding=False)
+            if args.mac_binding is not None:
+                changes["mac_binding"] = args.mac_binding
             for opt, key in (
                 ("plan", "plan"),
                 ("status", "status"),

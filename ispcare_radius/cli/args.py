@@ -12,7 +12,7 @@ import sys
 from datetime import UTC, datetime
 from typing import NoReturn
 
-from ispcare_radius.aaa.model import MessageAuthenticatorPolicy, SubscriberStatus
+from ispcare_radius.aaa.model import MacBinding, MessageAuthenticatorPolicy, SubscriberStatus
 from ispcare_radius.aaa.vendors import known_vendors
 
 
@@ -125,11 +125,28 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
 def _subscriber_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
     p.add_argument("--password", help="password (prompted for when omitted on a terminal)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument(
+        "--password-hash",
+        choices=["scrypt"],
+        help="store only a slow hash of the password (PAP works; CHAP and MS-CHAP do not)",
+    )
+    p.add_argument(
+        "--nt-hash",
+        metavar="HEX",
+        help="the NT hash (32 hex digits) instead of a password: MS-CHAP and PAP work, CHAP not"
+        + ("" if adding else "; any credential option replaces all stored ones"),
+    )
     p.add_argument("--plan")
     p.add_argument("--status", choices=[s.value for s in SubscriberStatus])
     p.add_argument("--expires", type=timestamp, help="expiry time, ISO 8601")
     p.add_argument("--static-ip", type=ipv4)
     p.add_argument("--mac-lock", help="only this MAC may log in")
+    p.add_argument(
+        "--mac-binding",
+        choices=[m.value for m in MacBinding],
+        help="off; lock (to --mac-lock); first_login (the first login's MAC becomes the lock;"
+        " clear the lock to let the next login bind again)",
+    )
     p.add_argument("--account-ref", help="the billing system's account id")
     p.add_argument("--netmask", help="Framed-IP-Netmask of the static IP (255.255.255.248 or /29)")
     p.add_argument(
@@ -256,12 +273,19 @@ def build_parser() -> OneLineParser:
     p = subs.add_parser("import", help="bulk import a CSV of subscribers")
     p.add_argument(
         "csv",
-        help="CSV: user_name,password[,plan,status,expires_at,static_ipv4,mac_lock,account_ref]",
+        help="CSV with a header: user_name, then password and/or nt_hash or password_hash"
+        " ($scrypt$...), optionally plan, status, expires_at, static_ipv4, mac_lock,"
+        " mac_binding, account_ref, static_ipv6_prefix, framed_netmask, framed_routes"
+        " (';'-separated), delegated_ipv6_prefix, framed_ipv6_address, download_kbps,"
+        " upload_kbps, session_timeout, idle_timeout",
     )
     p.add_argument("--no-progress", action="store_true")
     from ispcare_radius.cli.devices import add_device_parser
 
     add_device_parser(sub)
+    from ispcare_radius.cli.sessions import add_sessions_parser
+
+    add_sessions_parser(sub)
     return parser
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ispcare_radius.aaa.methods import DEFAULT_METHODS
-from ispcare_radius.aaa.outcome import StoreFailureAction
+from ispcare_radius.aaa.methods.credentials import ScryptCost
+from ispcare_radius.aaa.outcome import SimultaneousUsePolicy, StoreFailureAction
 from ispcare_radius.aaa.pipeline import AuthSettings
+from ispcare_radius.privacy.secret import Secret
 from ispcare_radius.server.settings import ServerSettings
 
 
@@ -70,8 +72,17 @@ class CacheConfig:
 
 @dataclass(frozen=True, slots=True)
 class AccountingConfig:
+    # The stale-session job: runs every stale_check_interval seconds and closes
+    # sessions silent for 2 x interim interval + stale_grace seconds, with
+    # default_interim_interval for sessions whose plan sets none.
+    stale_check_interval: float = 60.0
+    stale_grace: int = 120
+    default_interim_interval: int = 600
     batch_size: int = 500
     max_delay: float = 0.005
+    spool_dir: Path = Path("spool")
+    spool_after: float = 2.0
+    spool_max_mb: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +90,7 @@ class RetentionConfig:
     auth_events_days: int = 180
     unknown_rejects_days: int = 7
     acct_duplicate_keys_days: int = 30
+    closed_sessions_days: int = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +120,9 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     nas_reload_interval: float = 60.0
+    # Work factors of the scrypt hashes ``subscriber add/set --password-hash``
+    # stores (verification reads them from each stored hash).
+    password_hash: ScryptCost = field(default_factory=ScryptCost)
 
 
 # section -> key -> expected Python type(s); anything else is an error.
@@ -141,6 +156,12 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "cache_prewarm": (bool,),
         "cache_poll_interval": (int, float),
         "methods": (list,),
+        "simultaneous_use_policy": (str,),
+        "mac_auth_password": (str,),
+        "scrypt_n": (int,),
+        "scrypt_r": (int,),
+        "scrypt_p": (int,),
+        "reservation_ttl": (int, float),
     },
     "auth_events": {
         "batch_size": (int,),
@@ -148,11 +169,21 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "max_queue": (int,),
         "give_up_after": (int, float),
     },
-    "accounting": {"batch_size": (int,), "max_delay": (int, float)},
+    "accounting": {
+        "batch_size": (int,),
+        "stale_check_interval": (int, float),
+        "stale_grace": (int,),
+        "default_interim_interval": (int,),
+        "max_delay": (int, float),
+        "spool_dir": (str,),
+        "spool_after": (int, float),
+        "spool_max_mb": (int,),
+    },
     "retention": {
         "auth_events_days": (int,),
         "unknown_rejects_days": (int,),
         "acct_duplicate_keys_days": (int,),
+        "closed_sessions_days": (int,),
     },
     "logging": {"level": (str,), "format": (str,)},
 }
@@ -254,12 +285,33 @@ def load_config(
     except ValueError:
         raise ConfigError("auth.on_store_failure must be 'reject' or 'no_reply'") from None
     try:
+        limit_policy = SimultaneousUsePolicy(auth.get("simultaneous_use_policy", "reject"))
+    except ValueError:
+        raise ConfigError(
+            "auth.simultaneous_use_policy must be 'reject' or 'disconnect_oldest'"
+        ) from None
+    reservation_ttl = float(auth.get("reservation_ttl", 120.0))
+    if reservation_ttl <= 0:
+        raise ConfigError("auth.reservation_ttl must be positive")
+    try:
         auth_settings = AuthSettings(
             on_store_failure=on_failure,
             methods=tuple(str(m) for m in auth.get("methods", DEFAULT_METHODS)),
+            simultaneous_use_policy=limit_policy,
+            reservation_ttl=reservation_ttl,
+            mac_auth_password=_mac_auth_password(auth),
         )
     except ValueError as exc:
         raise ConfigError(f"auth.methods: {exc}") from None
+    try:
+        default = ScryptCost()
+        scrypt_cost = ScryptCost(
+            n=int(auth.get("scrypt_n", default.n)),
+            r=int(auth.get("scrypt_r", default.r)),
+            p=int(auth.get("scrypt_p", default.p)),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"auth.scrypt_n/r/p: {exc}") from None
 
     dsn = overrides.get("dsn") or env.get("ISPCARE_DSN") or db.get("dsn") or None
     database = DatabaseConfig(
@@ -307,13 +359,17 @@ def load_config(
         "auth_events.give_up_after": float(ev.get("give_up_after", 300.0)),
         "accounting.batch_size": float(acct.get("batch_size", 500)),
         "accounting.max_delay": float(acct.get("max_delay", 0.005)),
+        "accounting.spool_after": float(acct.get("spool_after", 2.0)),
+        "accounting.spool_max_mb": float(acct.get("spool_max_mb", 1024)),
         "retention.auth_events_days": float(ret.get("auth_events_days", 180)),
         "retention.unknown_rejects_days": float(ret.get("unknown_rejects_days", 7)),
         "retention.acct_duplicate_keys_days": float(ret.get("acct_duplicate_keys_days", 30)),
+        "retention.closed_sessions_days": float(ret.get("closed_sessions_days", 400)),
     }
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name} must be positive")
+    stale_interval, stale_grace, default_interim = _stale_settings(acct)
     return Config(
         server=server,
         auth=auth_settings,
@@ -335,12 +391,47 @@ def load_config(
         accounting=AccountingConfig(
             batch_size=int(positive["accounting.batch_size"]),
             max_delay=positive["accounting.max_delay"],
+            stale_check_interval=stale_interval,
+            stale_grace=stale_grace,
+            default_interim_interval=default_interim,
+            spool_dir=Path(acct.get("spool_dir") or state / "spool").expanduser(),
+            spool_after=positive["accounting.spool_after"],
+            spool_max_mb=int(positive["accounting.spool_max_mb"]),
         ),
         retention=RetentionConfig(
             auth_events_days=int(positive["retention.auth_events_days"]),
             unknown_rejects_days=int(positive["retention.unknown_rejects_days"]),
             acct_duplicate_keys_days=int(positive["retention.acct_duplicate_keys_days"]),
+            closed_sessions_days=int(positive["retention.closed_sessions_days"]),
         ),
         logging=LoggingConfig(level=level, format=fmt),
         nas_reload_interval=positive["server.nas_reload_interval"],
+        password_hash=scrypt_cost,
     )
+
+
+def _mac_auth_password(auth: Mapping[str, Any]) -> Secret | None:
+    """``auth.mac_auth_password`` as a ``Secret`` (never printed); None when unset or empty."""
+    value = str(auth.get("mac_auth_password", ""))
+    return Secret(value) if value else None
+
+
+def _stale_settings(acct: Mapping[str, Any]) -> tuple[float, int, int]:
+    """(stale_check_interval, stale_grace, default_interim_interval) from [accounting].
+
+    RFC 2869 section 5.16: a NAS uses no interim interval below 60 seconds,
+    so a smaller default would close live sessions. The upper bounds keep
+    2 x interval + grace well inside the database's integer seconds.
+    """
+    interval = float(acct.get("stale_check_interval", 60.0))
+    if interval <= 0:
+        raise ConfigError("accounting.stale_check_interval must be positive")
+    grace = int(acct.get("stale_grace", 120))
+    if not 0 <= grace <= 7 * 86_400:
+        raise ConfigError("accounting.stale_grace must be between 0 and 604800 seconds")
+    default_interim = int(acct.get("default_interim_interval", 600))
+    if not 60 <= default_interim <= 86_400:
+        raise ConfigError(
+            "accounting.default_interim_interval must be between 60 and 86400 seconds"
+        )
+    return interval, grace, default_interim

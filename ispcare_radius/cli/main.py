@@ -55,6 +55,10 @@ def run(argv: Sequence[str] | None = None) -> int:
             from ispcare_radius.cli.serve import serve
 
             return asyncio.run(serve(config, demo=args.demo))
+        if args.command == "sessions":
+            from ispcare_radius.cli.sessions import run_sessions
+
+            return asyncio.run(run_sessions(config, args))
         from ispcare_radius.cli.admin import run_admin
 
         return asyncio.run(run_admin(config, args))

@@ -18,7 +18,7 @@ import structlog
 from ispcare_radius.aaa.accounting import AccountingHandler
 from ispcare_radius.aaa.pipeline import AccessHandler
 from ispcare_radius.aaa.reply import ReplyRenderer
-from ispcare_radius.cli.config import Config, ConfigError
+from ispcare_radius.cli.config import AccountingConfig, Config, ConfigError
 from ispcare_radius.cli.runtime import Store, load_dictionaries, open_store
 from ispcare_radius.privacy.logsetup import configure_logging
 from ispcare_radius.privacy.secret import typable_token
@@ -26,9 +26,14 @@ from ispcare_radius.protocol.dictionary import Dictionary
 from ispcare_radius.server.app import RadiusServer
 from ispcare_radius.server.clients import ClientTable
 from ispcare_radius.store.accounting import AccountingWriter, prune_record_keys
+from ispcare_radius.store.db import Pool
 from ispcare_radius.store.directory import CachedSubscriberDirectory
+from ispcare_radius.store.durable import SpoolingRecorder
 from ispcare_radius.store.events import AuthEventWriter
+from ispcare_radius.store.limits import SessionLimits
 from ispcare_radius.store.partitions import apply_retention, ensure_partitions
+from ispcare_radius.store.sessions import close_stale
+from ispcare_radius.store.spool import Spool, SpoolError
 
 DEMO_NAS = "local-nas"
 DEMO_PLAN = "demo-10M"
@@ -74,6 +79,7 @@ class Services:
     directory: CachedSubscriberDirectory
     events: AuthEventWriter
     accounting: AccountingWriter
+    spooling: SpoolingRecorder
 
 
 async def build(config: Config, store: Store, dictionary: Dictionary) -> Services:
@@ -113,15 +119,29 @@ async def build(config: Config, store: Store, dictionary: Dictionary) -> Service
         batch_size=config.accounting.batch_size,
         max_delay=config.accounting.max_delay,
     )
+    try:
+        spool = await asyncio.to_thread(
+            Spool.open,
+            config.accounting.spool_dir,
+            store.masters,
+            max_bytes=config.accounting.spool_max_mb << 20,
+        )
+    except (SpoolError, OSError) as exc:
+        raise ConfigError(f"accounting.spool_dir: {exc}") from None
+    spooling = SpoolingRecorder(accounting, spool, spool_after=config.accounting.spool_after)
     server = RadiusServer(
         config.server,
         clients,
         auth_handler=AccessHandler(
-            directory=directory, events=events, renderer=renderer, settings=config.auth
+            directory=directory,
+            events=events,
+            renderer=renderer,
+            settings=config.auth,
+            limiter=SessionLimits(store.pool, store.keys.blind_index),
         ),
-        acct_handler=AccountingHandler(recorder=accounting, directory=directory),
+        acct_handler=AccountingHandler(recorder=spooling, directory=directory),
     )
-    return Services(server, clients, directory, events, accounting)
+    return Services(server, clients, directory, events, accounting, spooling)
 
 
 async def serve(config: Config, *, demo: bool = False) -> int:
@@ -143,9 +163,11 @@ async def serve(config: Config, *, demo: bool = False) -> int:
         await ensure_partitions(store.pool, now=datetime.now(UTC))
         await svc.directory.start_listening()
         svc.events.start()
+        svc.spooling.start()
         background = [
             _every(config.nas_reload_interval, lambda: _reload_nas(store, svc.clients)),
             _every(MAINTENANCE_INTERVAL, lambda: _maintenance(store, config)),
+            start_stale_check(store.pool, config.accounting),
         ]
         if config.cache.prewarm:
             # Serve at once; until the cache is warm, misses go to the database.
@@ -173,6 +195,7 @@ async def serve(config: Config, *, demo: bool = False) -> int:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await svc.server.stop()
+            await svc.spooling.close()
             await svc.accounting.close()
             await svc.events.stop()
             await svc.directory.stop()
@@ -212,6 +235,7 @@ async def _maintenance(store: Store, config: Config) -> None:
             now=now,
             auth_events_days=retention.auth_events_days,
             unknown_rejects_days=retention.unknown_rejects_days,
+            closed_sessions_days=retention.closed_sessions_days,
         )
         pruned = await prune_record_keys(
             store.pool, before=now - timedelta(days=retention.acct_duplicate_keys_days)
@@ -220,6 +244,45 @@ async def _maintenance(store: Store, config: Config) -> None:
         log.warning("maintenance_failed", error=type(exc).__name__)
         return
     log.info("maintenance", partitions_dropped=len(dropped), acct_keys_pruned=pruned)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def close_stale_sessions(pool: Pool, settings: AccountingConfig, *, now: datetime) -> int:
+    """One pass of the stale-session job; returns how many sessions it closed.
+
+    A NAS that reboots without Accounting-On, or loses its link, never sends
+    the Stop: without this its sessions would stay active for ever and count
+    against Simultaneous-Use. Only the count is logged (no personal data);
+    a failed pass is logged and the next one tries again.
+    """
+    log = structlog.get_logger("ispcare_radius")
+    try:
+        closed = await close_stale(
+            pool,
+            now=now,
+            grace=settings.stale_grace,
+            default_interval=settings.default_interim_interval,
+        )
+    except Exception as exc:  # sessions stay active until a pass succeeds
+        log.warning("stale_sessions_failed", error=type(exc).__name__)
+        return 0
+    if closed:
+        log.info("stale_sessions_closed", sessions=closed)
+    return closed
+
+
+def start_stale_check(
+    pool: Pool, settings: AccountingConfig, *, clock: Callable[[], datetime] = _utc_now
+) -> asyncio.Task[None]:
+    """Run ``close_stale_sessions`` every ``settings.stale_check_interval`` seconds."""
+
+    async def one_pass() -> None:
+        await close_stale_sessions(pool, settings, now=clock())
+
+    return _every(settings.stale_check_interval, one_pass)
 
 
 async def _reload_nas(store: Store, clients: ClientTable) -> None:

@@ -35,7 +35,7 @@ from ispcare_radius.store.devices import (
 from ispcare_radius.store.fields import Column, LookupKind
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
 from ispcare_radius.store.plans import plan_from_record, plan_select_list
-from ispcare_radius.store.subscribers import CHANGE_CHANNEL
+from ispcare_radius.store.subscribers import CHANGE_CHANNEL, audit, notify_changed
 
 _log = get_logger(__name__)
 
@@ -44,6 +44,8 @@ _SELECT: Final = (
     " s.expires_at, s.account_ref,"
     " s.wrapped_key, s.user_name_enc, s.password_enc, s.static_ipv4_enc, s.static_ipv6_enc,"
     " s.mac_lock_enc, "
+    + fields.credential_select("s")
+    + ", "
     + fields.policy_select("s")
     + ", "
     + plan_select_list("p", "plan_")
@@ -65,6 +67,10 @@ _POLL: Final = (
 # commits within this time after it started is still seen.
 _POLL_OVERLAP: Final = timedelta(seconds=30)
 _RELISTEN_DELAYS: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class _LockTaken(Exception):
+    """The MAC is another subscriber's lock: roll the first-login bind back."""
 
 
 class CachedSubscriberDirectory:
@@ -373,6 +379,70 @@ class CachedSubscriberDirectory:
         if generation == self._generation:
             self._devices.set_blocked(blocked, now + self._ttl)
         return blind in blocked
+
+    # --- MAC binding on first login (aaa.ports.MacBinder) -------------------
+
+    async def bind_first_mac(self, subscriber_id: int, mac: bytes) -> bool:
+        """Make ``mac`` the lock of a ``first_login`` subscriber without one; see ``MacBinder``.
+
+        The UPDATE's ``mac_lock_enc IS NULL`` condition is the race guard:
+        PostgreSQL re-checks it after waiting for a concurrent binder's row
+        lock, so only one first login binds. The lock's blind index goes into
+        ``subscriber_lookup`` like an operator-set lock; a MAC that is already
+        another subscriber's lock rolls the bind back. The cached entry is
+        dropped at once (the NOTIFY tells other processes).
+        """
+        sid = subscriber_id
+        blind = fields.blind(self._index, LookupKind.MAC_LOCK, mac)
+        async with acquire(self._pool) as conn:
+            cipher = self._data_keys.cached(sid)
+            if cipher is None:
+                wrapped = await conn.fetchval(
+                    "SELECT wrapped_key FROM subscribers WHERE id = $1", sid
+                )
+                if wrapped is None:
+                    return False
+                cipher = self._data_keys.cipher(sid, bytes(wrapped))
+            sealed = fields.seal(cipher, Column.MAC_LOCK, sid, mac)
+            bound = False
+            try:
+                async with conn.transaction():
+                    bound = (
+                        await conn.fetchval(
+                            "UPDATE subscribers SET mac_lock_enc = $2, updated_at = now()"
+                            " WHERE id = $1 AND mac_binding = 'first_login'"
+                            " AND mac_lock_enc IS NULL RETURNING true",
+                            sid,
+                            sealed,
+                        )
+                        or False
+                    )
+                    if bound:
+                        indexed = await conn.fetchval(
+                            "INSERT INTO subscriber_lookup (kind, blind, subscriber_id)"
+                            " VALUES ('mac_lock', $1, $2) ON CONFLICT DO NOTHING RETURNING true",
+                            blind,
+                            sid,
+                        )
+                        if not indexed:
+                            raise _LockTaken
+                        await audit(conn, "radius", "subscriber.mac_bound", sid, {})
+                        await notify_changed(conn, sid)
+            except _LockTaken:
+                _log.warning("mac_bind_refused_lock_in_use", subscriber_id=sid)
+                return False
+            if bound:
+                self.invalidate(sid)
+                _log.info("mac_bound_on_first_login", subscriber_id=sid)
+                return True
+            # Someone bound first (or the binding changed): compare with theirs.
+            current = await conn.fetchval("SELECT mac_lock_enc FROM subscribers WHERE id = $1", sid)
+        self.invalidate(sid)
+        try:
+            stored = fields.unseal(cipher, Column.MAC_LOCK, sid, current)
+        except DecryptError as exc:
+            raise StoreUnavailable("stored MAC lock could not be decrypted") from exc
+        return stored is not None and hmac.compare_digest(stored, mac)
 
     # --- changes made without a hint ----------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from ispcare_radius.aaa.model import Overrides, Plan, Subscriber, SubscriberStatus
+from ispcare_radius.aaa.model import MacBinding, Overrides, Plan, Subscriber, SubscriberStatus
 from ispcare_radius.privacy.blind import BlindIndex, normalize_mac, normalize_user_name
 from ispcare_radius.privacy.crypto import FieldCipher, field_aad
 from ispcare_radius.privacy.secret import Secret
@@ -49,6 +49,8 @@ class Column(StrEnum):
     FRAMED_ROUTES = "framed_routes"
     DELEGATED_IPV6 = "delegated_ipv6"
     FRAMED_IPV6_ADDRESS = "framed_ipv6_address"
+    NT_HASH = "nt_hash"
+    SLOW_HASH = "slow_hash"
 
 
 # Per-subscriber overrides of plan values: (Overrides field, column).
@@ -66,6 +68,26 @@ POLICY_COLUMNS: Final[tuple[str, ...]] = (
     "framed_ipv6_address_enc",
     *(column for _, column in OVERRIDE_COLUMNS),
 )
+
+
+# Columns added by migration 0008, read with every subscriber row the
+# directory decrypts: the credential forms besides password_enc, and how the
+# MAC lock is bound.
+CREDENTIAL_COLUMNS: Final[tuple[str, ...]] = ("nt_hash_enc", "slow_hash_enc", "mac_binding")
+
+
+def credential_select(alias: str) -> str:
+    """``alias.col, ...`` for the credential columns of ``subscribers``."""
+    return ", ".join(f"{alias}.{col}" for col in CREDENTIAL_COLUMNS)
+
+
+def parse_mac_binding(text: str) -> MacBinding:
+    """A ``MacBinding`` from its name; ValueError listing the names otherwise."""
+    try:
+        return MacBinding(text.strip())
+    except ValueError:
+        names = ", ".join(m.value for m in MacBinding)
+        raise ValueError(f"MAC binding must be one of {names}") from None
 
 
 def policy_select(alias: str) -> str:
@@ -205,6 +227,8 @@ def subscriber_from_record(
     password = unseal(cipher, Column.PASSWORD, sid, record["password_enc"])
     ipv4 = unseal(cipher, Column.STATIC_IPV4, sid, record["static_ipv4_enc"])
     ipv6 = unseal(cipher, Column.STATIC_IPV6, sid, record["static_ipv6_enc"])
+    nt_hash = unseal(cipher, Column.NT_HASH, sid, record["nt_hash_enc"])
+    slow_hash = unseal(cipher, Column.SLOW_HASH, sid, record["slow_hash_enc"])
     return Subscriber(
         id=sid,
         status=SubscriberStatus(record["status"]),
@@ -215,6 +239,9 @@ def subscriber_from_record(
         static_ipv4=None if ipv4 is None else ipaddress.IPv4Address(ipv4),
         static_ipv6_prefix=None if ipv6 is None else ipaddress.IPv6Network(ipv6.decode("ascii")),
         mac_lock=unseal(cipher, Column.MAC_LOCK, sid, record["mac_lock_enc"]),
+        nt_hash=None if nt_hash is None else Secret(nt_hash),
+        slow_hash=None if slow_hash is None else Secret(slow_hash),
+        mac_binding=MacBinding(record["mac_binding"]),
         **policy_from_record(record, cipher),
     )
 

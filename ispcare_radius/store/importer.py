@@ -16,7 +16,9 @@ from typing import Any, Final
 
 import asyncpg
 
-from ispcare_radius.aaa.model import SubscriberStatus
+from ispcare_radius.aaa.methods.credentials import parse_nt_hash, parse_scrypt
+from ispcare_radius.aaa.model import MacBinding, SubscriberStatus
+from ispcare_radius.privacy.crypto import FieldCipher
 from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.store import fields
 from ispcare_radius.store.db import Connection, Pool, acquire
@@ -32,8 +34,24 @@ CSV_COLUMNS: Final = (
     "static_ipv4",
     "mac_lock",
     "account_ref",
+    # Credential forms besides the reversible password (hex; '$scrypt$...').
+    "nt_hash",
+    "password_hash",
+    "mac_binding",
+    "static_ipv6_prefix",
+    "framed_netmask",
+    # Framed-Route values separated by ';': "<prefix>/<len> [<gateway> [<metric>]]".
+    "framed_routes",
+    "delegated_ipv6_prefix",
+    "framed_ipv6_address",
+    # Overrides of the plan's values: kbit/s and seconds.
+    "download_kbps",
+    "upload_kbps",
+    "session_timeout",
+    "idle_timeout",
 )
-_REQUIRED: Final = CSV_COLUMNS[:2]
+_CREDENTIAL_COLUMNS: Final = ("password", "nt_hash", "password_hash")
+_INTEGER_COLUMNS: Final = ("download_kbps", "upload_kbps", "session_timeout", "idle_timeout")
 _SUBSCRIBER_COLUMNS: Final = (
     "id",
     "account_ref",
@@ -46,6 +64,15 @@ _SUBSCRIBER_COLUMNS: Final = (
     "password_enc",
     "static_ipv4_enc",
     "mac_lock_enc",
+    "nt_hash_enc",
+    "slow_hash_enc",
+    "mac_binding",
+    "static_ipv6_enc",
+    "framed_netmask_enc",
+    "framed_routes_enc",
+    "delegated_ipv6_enc",
+    "framed_ipv6_address_enc",
+    *(column for _, column in fields.OVERRIDE_COLUMNS),
 )
 _DUPLICATE: Final = {
     LookupKind.USER_NAME: "user name",
@@ -67,10 +94,25 @@ class ImportRow:
     mac_lock: str | None = field(default=None, repr=False)
     account_ref: str | None = None
     line: int = 0
+    nt_hash: str | None = field(default=None, repr=False)
+    password_hash: str | None = field(default=None, repr=False)
+    mac_binding: str | None = None
+    static_ipv6_prefix: str | None = field(default=None, repr=False)
+    framed_netmask: str | None = field(default=None, repr=False)
+    framed_routes: tuple[str, ...] = field(default=(), repr=False)
+    delegated_ipv6_prefix: str | None = field(default=None, repr=False)
+    framed_ipv6_address: str | None = field(default=None, repr=False)
+    download_kbps: int | None = None
+    upload_kbps: int | None = None
+    session_timeout: int | None = None
+    idle_timeout: int | None = None
 
 
 def parse_import_csv(path: Path) -> Iterator[ImportRow]:
-    """Rows of a subscriber CSV with a header naming ``CSV_COLUMNS`` (first two required).
+    """Rows of a subscriber CSV with a header naming ``CSV_COLUMNS``.
+
+    ``user_name`` is required, and at least one credential column
+    (``password``, ``nt_hash``, ``password_hash``); the others are optional.
 
     Empty cells mean "not set". A bad line raises ValueError naming its line
     number, never its content.
@@ -86,9 +128,12 @@ def parse_import_csv(path: Path) -> Iterator[ImportRow]:
             raise ValueError(f"line 1: unknown column(s) {', '.join(unknown)}")
         if len(set(names)) != len(names):
             raise ValueError("line 1: repeated column")
-        for required in _REQUIRED:
-            if required not in names:
-                raise ValueError(f"line 1: required column {required} is missing")
+        if "user_name" not in names:
+            raise ValueError("line 1: required column user_name is missing")
+        if not any(c in names for c in _CREDENTIAL_COLUMNS):
+            raise ValueError(
+                "line 1: required column password is missing (or give nt_hash or password_hash)"
+            )
         for record in reader:
             line = reader.line_num
             if not record or (len(record) == 1 and not record[0].strip()):
@@ -110,6 +155,20 @@ def _row_from_cells(cells: dict[str, str | None], line: int) -> ImportRow:
             expires = datetime.fromisoformat(text.strip())
         except ValueError:
             raise ValueError(f"line {line}: expires_at is not an ISO 8601 date/time") from None
+    numbers: dict[str, int | None] = {}
+    for name in _INTEGER_COLUMNS:
+        cell = cells.get(name)
+        if cell is None:
+            numbers[name] = None
+            continue
+        try:
+            number = int(cell.strip())
+        except ValueError:
+            raise ValueError(f"line {line}: {name} is not a whole number") from None
+        if number < 0:
+            raise ValueError(f"line {line}: {name} must not be negative")
+        numbers[name] = number
+    routes = cells.get("framed_routes")
     return ImportRow(
         user_name=user_name,
         password=cells.get("password"),
@@ -120,6 +179,15 @@ def _row_from_cells(cells: dict[str, str | None], line: int) -> ImportRow:
         mac_lock=cells.get("mac_lock"),
         account_ref=cells.get("account_ref"),
         line=line,
+        nt_hash=cells.get("nt_hash"),
+        password_hash=cells.get("password_hash"),
+        mac_binding=cells.get("mac_binding"),
+        static_ipv6_prefix=cells.get("static_ipv6_prefix"),
+        framed_netmask=cells.get("framed_netmask"),
+        framed_routes=() if routes is None else tuple(r for r in routes.split(";") if r.strip()),
+        delegated_ipv6_prefix=cells.get("delegated_ipv6_prefix"),
+        framed_ipv6_address=cells.get("framed_ipv6_address"),
+        **numbers,
     )
 
 
@@ -156,6 +224,8 @@ class _Encoder:
         try:
             ipv4 = None if row.static_ipv4 is None else fields.parse_ipv4(row.static_ipv4)
             mac = None if row.mac_lock is None else fields.parse_mac(row.mac_lock)
+            binding = _mac_binding(row.mac_binding, mac is not None)
+            sealed = _Sealed.of(row)
         except ValueError as exc:
             raise ValueError(f"line {line}: {exc}") from None
         if not row.user_name:
@@ -193,7 +263,76 @@ class _Encoder:
                 fields.seal(cipher, Column.PASSWORD, sid, password),
                 fields.seal(cipher, Column.STATIC_IPV4, sid, None if ipv4 is None else ipv4.packed),
                 fields.seal(cipher, Column.MAC_LOCK, sid, mac),
+                *sealed.seal(cipher, sid),
+                binding.value,
+                *sealed.tail(cipher, sid),
+                row.download_kbps,
+                row.upload_kbps,
+                row.session_timeout,
+                row.idle_timeout,
             )
+        )
+
+
+def _mac_binding(text: str | None, has_lock: bool) -> MacBinding:
+    """The row's MAC binding, consistent with its lock as migration 0008 requires."""
+    if text is None:
+        return MacBinding.LOCK if has_lock else MacBinding.OFF
+    binding = fields.parse_mac_binding(text)
+    if binding is MacBinding.LOCK and not has_lock:
+        raise ValueError("mac_binding lock needs a mac_lock")
+    if binding is MacBinding.OFF and has_lock:
+        raise ValueError("mac_binding off keeps no mac_lock")
+    return binding
+
+
+@dataclass(frozen=True, slots=True)
+class _Sealed:
+    """A row's validated plaintexts of the columns sealed besides name, password, IPv4, MAC."""
+
+    nt_hash: bytes | None = field(default=None, repr=False)
+    slow_hash: bytes | None = field(default=None, repr=False)
+    static_ipv6: bytes | None = field(default=None, repr=False)
+    netmask: bytes | None = field(default=None, repr=False)
+    routes: bytes | None = field(default=None, repr=False)
+    delegated: bytes | None = field(default=None, repr=False)
+    v6_address: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, row: ImportRow) -> _Sealed:
+        """Parse and encode as ``subscribers`` stores them; ValueError without the value."""
+
+        def text(value: str | None, parse: Callable[[str], object]) -> bytes | None:
+            return None if value is None else str(parse(value)).encode("ascii")
+
+        netmask = None if row.framed_netmask is None else fields.parse_netmask(row.framed_netmask)
+        v6addr = row.framed_ipv6_address
+        slow = row.password_hash
+        return cls(
+            nt_hash=None if row.nt_hash is None else parse_nt_hash(row.nt_hash),
+            slow_hash=None if slow is None else parse_scrypt(slow).encode().encode("ascii"),
+            static_ipv6=text(row.static_ipv6_prefix, fields.parse_ipv6_prefix),
+            netmask=None if netmask is None else netmask.packed,
+            routes=fields.encode_routes(tuple(fields.parse_route(r) for r in row.framed_routes)),
+            delegated=text(row.delegated_ipv6_prefix, fields.parse_ipv6_prefix),
+            v6_address=None if v6addr is None else fields.parse_ipv6_address(v6addr).packed,
+        )
+
+    def seal(self, cipher: FieldCipher, sid: int) -> tuple[bytes | None, bytes | None]:
+        """nt_hash_enc, slow_hash_enc."""
+        return (
+            fields.seal(cipher, Column.NT_HASH, sid, self.nt_hash),
+            fields.seal(cipher, Column.SLOW_HASH, sid, self.slow_hash),
+        )
+
+    def tail(self, cipher: FieldCipher, sid: int) -> tuple[bytes | None, ...]:
+        """static_ipv6_enc and the sealed reply-policy columns, in _SUBSCRIBER_COLUMNS order."""
+        return (
+            fields.seal(cipher, Column.STATIC_IPV6, sid, self.static_ipv6),
+            fields.seal(cipher, Column.FRAMED_NETMASK, sid, self.netmask),
+            fields.seal(cipher, Column.FRAMED_ROUTES, sid, self.routes),
+            fields.seal(cipher, Column.DELEGATED_IPV6, sid, self.delegated),
+            fields.seal(cipher, Column.FRAMED_IPV6_ADDRESS, sid, self.v6_address),
         )
 
 

@@ -15,7 +15,13 @@ from typing import Any, Final, Literal
 
 import asyncpg
 
-from ispcare_radius.aaa.model import Overrides, SubscriberStatus
+from ispcare_radius.aaa.methods.credentials import (
+    CredentialForm,
+    methods_for,
+    parse_nt_hash,
+    parse_scrypt,
+)
+from ispcare_radius.aaa.model import MacBinding, Overrides, SubscriberStatus
 from ispcare_radius.privacy.blind import normalize_user_name
 from ispcare_radius.privacy.crypto import FieldCipher
 from ispcare_radius.privacy.keys import MasterKeys
@@ -40,7 +46,8 @@ _DUPLICATE_MESSAGES: Final = {
 _VIEW_SELECT: Final = (
     "SELECT s.id, s.status, s.expires_at, s.account_ref, s.wrapped_key, s.user_name_enc,"
     " s.password_enc IS NOT NULL AS has_password, s.static_ipv4_enc, s.static_ipv6_enc,"
-    " s.mac_lock_enc, s.created_at, s.updated_at, p.name AS plan_name, "
+    " s.nt_hash_enc IS NOT NULL AS has_nt_hash, s.slow_hash_enc IS NOT NULL AS has_slow_hash,"
+    " s.mac_binding, s.mac_lock_enc, s.created_at, s.updated_at, p.name AS plan_name, "
     + fields.policy_select("s")
     + " FROM subscribers s LEFT JOIN plans p ON p.id = s.plan_id"
 )
@@ -75,6 +82,11 @@ class SubscriberView:
     delegated_ipv6_prefix: ipaddress.IPv6Network | None = field(default=None, repr=False)
     framed_ipv6_address: ipaddress.IPv6Address | None = field(default=None, repr=False)
     overrides: Overrides | None = None
+    has_nt_hash: bool = False
+    has_slow_hash: bool = False
+    mac_binding: MacBinding = MacBinding.OFF
+    # The password methods that can work with the credentials held.
+    methods: tuple[str, ...] = ()
 
 
 _SEALED: Final = {
@@ -111,6 +123,58 @@ def _policy_changes(cipher: FieldCipher, sid: int, values: dict[str, Any]) -> di
                 raise ValueError(f"override {name} must be a non-negative integer")
             changes[overrides[name]] = value
     return changes
+
+
+@dataclass(frozen=True, slots=True)
+class _Credentials:
+    """The three credential columns' plaintexts, validated."""
+
+    password: bytes | None = field(default=None, repr=False)
+    nt_hash: bytes | None = field(default=None, repr=False)
+    slow_hash: bytes | None = field(default=None, repr=False)
+
+    def sealed(self, cipher: FieldCipher, sid: int) -> dict[str, bytes | None]:
+        return {
+            "password_enc": fields.seal(cipher, Column.PASSWORD, sid, self.password),
+            "nt_hash_enc": fields.seal(cipher, Column.NT_HASH, sid, self.nt_hash),
+            "slow_hash_enc": fields.seal(cipher, Column.SLOW_HASH, sid, self.slow_hash),
+        }
+
+
+def credentials(
+    password: str | None, nt_hash: str | None, password_hash: str | None
+) -> _Credentials:
+    """Validate a credential triple: the reversible password, NT hash hex, ``$scrypt$`` text.
+
+    ValueError (without the value) for a malformed hash.
+    """
+    nt = None if nt_hash is None else parse_nt_hash(nt_hash)
+    slow = None if password_hash is None else parse_scrypt(password_hash).encode().encode("ascii")
+    return _Credentials(_utf8(password), nt, slow)
+
+
+def resolve_mac_binding(
+    given: str | None, *, current: MacBinding, has_lock: bool, lock_given: bool
+) -> MacBinding:
+    """The MAC binding after a change, kept consistent with the lock (migration 0008).
+
+    Setting a lock on an ``off`` subscriber makes it ``lock``; clearing the
+    lock of a ``lock`` subscriber makes it ``off``; ``first_login`` keeps its
+    mode either way (a cleared lock binds again at the next login).
+    """
+    if given is not None:
+        binding = fields.parse_mac_binding(given)
+    elif lock_given and has_lock and current is MacBinding.OFF:
+        binding = MacBinding.LOCK
+    elif lock_given and not has_lock and current is MacBinding.LOCK:
+        binding = MacBinding.OFF
+    else:
+        binding = current
+    if binding is MacBinding.LOCK and not has_lock:
+        raise ValueError("MAC binding 'lock' needs a MAC lock (give one with it)")
+    if binding is MacBinding.OFF and has_lock and lock_given:
+        raise ValueError("MAC binding 'off' keeps no MAC lock")
+    return binding
 
 
 async def _update(conn: Connection, sid: int, changes: dict[str, Any]) -> None:
@@ -208,7 +272,11 @@ class SubscriberRepository:
     ) -> asyncpg.Record | None:
         suffix = " FOR UPDATE OF s" if lock else ""
         record = await conn.fetchrow(
-            "SELECT s.id, s.wrapped_key, s.user_name_enc FROM subscriber_lookup l"
+            "SELECT s.id, s.wrapped_key, s.user_name_enc, s.mac_binding,"
+            " s.mac_lock_enc IS NOT NULL AS has_lock,"
+            " s.password_enc IS NOT NULL AS has_password,"
+            " s.nt_hash_enc IS NOT NULL AS has_nt_hash,"
+            " s.slow_hash_enc IS NOT NULL AS has_slow_hash FROM subscriber_lookup l"
             " JOIN subscribers s ON s.id = l.subscriber_id"
             f" WHERE l.kind = 'user_name' AND l.blind = $1{suffix}",
             self._blind(LookupKind.USER_NAME, user_name),
@@ -237,10 +305,17 @@ class SubscriberRepository:
         upload_kbps: int | None = None,
         session_timeout: int | None = None,
         idle_timeout: int | None = None,
+        nt_hash: str | None = None,
+        password_hash: str | None = None,
+        mac_binding: str | None = None,
     ) -> int:
         """Create a subscriber and return its id; ValueError for a taken or bad value.
 
         ``download_kbps`` .. ``idle_timeout`` override the plan's values.
+        ``password``, ``nt_hash`` (32 hex digits) and ``password_hash`` (a
+        ``$scrypt$`` string) are the credential forms, each optional.
+        ``mac_binding`` (off, lock, first_login) defaults to lock when
+        ``mac_lock`` is given, else off.
         """
         policy = {
             "framed_netmask": framed_netmask,
@@ -259,6 +334,10 @@ class SubscriberRepository:
         ipv4 = None if static_ipv4 is None else fields.parse_ipv4(static_ipv4)
         ipv6 = None if static_ipv6_prefix is None else fields.parse_ipv6_prefix(static_ipv6_prefix)
         mac = None if mac_lock is None else fields.parse_mac(mac_lock)
+        creds = credentials(password, nt_hash, password_hash)
+        binding = resolve_mac_binding(
+            mac_binding, current=MacBinding.OFF, has_lock=mac is not None, lock_given=True
+        )
         async with acquire(self._pool) as conn:
             plan_id = await plan_id_by_name(conn, plan)
             # The id is reserved before encrypting: every sealed field binds it.
@@ -268,8 +347,8 @@ class SubscriberRepository:
                 async with conn.transaction():
                     await conn.execute(
                         "INSERT INTO subscribers (id, account_ref, status, plan_id, expires_at,"
-                        " wrapped_key, kek_version, user_name_enc, password_enc, static_ipv4_enc,"
-                        " static_ipv6_enc, mac_lock_enc)"
+                        " wrapped_key, kek_version, user_name_enc, static_ipv4_enc,"
+                        " static_ipv6_enc, mac_lock_enc, mac_binding)"
                         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                         sid,
                         account_ref,
@@ -279,11 +358,12 @@ class SubscriberRepository:
                         wrapped,
                         self._masters.primary_version,
                         fields.seal(cipher, Column.USER_NAME, sid, user_name.encode("utf-8")),
-                        fields.seal(cipher, Column.PASSWORD, sid, _utf8(password)),
                         fields.seal(cipher, Column.STATIC_IPV4, sid, _packed(ipv4)),
                         fields.seal(cipher, Column.STATIC_IPV6, sid, _v6_text(ipv6)),
                         fields.seal(cipher, Column.MAC_LOCK, sid, mac),
+                        binding.value,
                     )
+                    await _update(conn, sid, creds.sealed(cipher, sid))
                     await self._insert_lookup(conn, LookupKind.USER_NAME, user_name, sid)
                     given = {k: v for k, v in policy.items() if v is not None}
                     await _update(conn, sid, _policy_changes(cipher, sid, given))
@@ -349,6 +429,18 @@ class SubscriberRepository:
             has_password=bool(record["has_password"]),
             created_at=record["created_at"],
             updated_at=record["updated_at"],
+            has_nt_hash=bool(record["has_nt_hash"]),
+            has_slow_hash=bool(record["has_slow_hash"]),
+            mac_binding=MacBinding(record["mac_binding"]),
+            methods=methods_for(
+                form
+                for form, held in (
+                    (CredentialForm.PASSWORD, record["has_password"]),
+                    (CredentialForm.NT_HASH, record["has_nt_hash"]),
+                    (CredentialForm.SLOW_HASH, record["has_slow_hash"]),
+                )
+                if held
+            ),
             # The same decoding as authentication uses.
             **fields.policy_from_record(record, cipher),
         )
@@ -373,11 +465,18 @@ class SubscriberRepository:
         upload_kbps: int | Literal[_Unset.UNSET] | None = UNSET,
         session_timeout: int | Literal[_Unset.UNSET] | None = UNSET,
         idle_timeout: int | Literal[_Unset.UNSET] | None = UNSET,
+        nt_hash: str | Literal[_Unset.UNSET] | None = UNSET,
+        password_hash: str | Literal[_Unset.UNSET] | None = UNSET,
+        mac_binding: str | Literal[_Unset.UNSET] = UNSET,
     ) -> bool:
         """Change the given fields (None clears); False if there is no such user.
 
         ``framed_routes`` replaces every route (None or empty clears them);
         ``download_kbps`` .. ``idle_timeout`` are overrides of the plan's values.
+        Giving any of ``password``, ``nt_hash`` and ``password_hash`` replaces
+        all three: a form not given is cleared, so no credential of an old
+        password outlives a change. ``mac_binding`` follows
+        ``resolve_mac_binding``; ``off`` clears the lock.
 
         After the change a NOTIFY on ``ispcare_subscriber_changed`` tells
         caches to drop the entry.
@@ -390,6 +489,10 @@ class SubscriberRepository:
         )
         mac = None if mac_lock in (UNSET, None) else fields.parse_mac(str(mac_lock))
         state = None if status is UNSET else SubscriberStatus(status)
+        given = (password, nt_hash, password_hash)
+        creds = None
+        if any(v is not UNSET for v in given):
+            creds = credentials(*(None if v is UNSET or v is None else str(v) for v in given))
         async with acquire(self._pool) as conn, conn.transaction():
             found = await self._locate(conn, user_name, lock=True)
             if found is None:
@@ -397,8 +500,25 @@ class SubscriberRepository:
             sid = int(found["id"])
             cipher = self._data_keys.cipher(sid, bytes(found["wrapped_key"]))
             changes: dict[str, Any] = {}
-            if password is not UNSET:
-                changes["password_enc"] = fields.seal(cipher, Column.PASSWORD, sid, _utf8(password))
+            if creds is not None:
+                # Forms not given are cleared; those already absent stay out
+                # of the change (and of the audit record).
+                changes.update(
+                    (column, value)
+                    for column, value in creds.sealed(cipher, sid).items()
+                    if value is not None or found[f"has_{column.removesuffix('_enc')}"]
+                )
+            current = MacBinding(found["mac_binding"])
+            binding = resolve_mac_binding(
+                None if mac_binding is UNSET else mac_binding,
+                current=current,
+                has_lock=bool(found["has_lock"]) if mac_lock is UNSET else mac is not None,
+                lock_given=mac_lock is not UNSET,
+            )
+            if binding is MacBinding.OFF and mac_lock is UNSET and found["has_lock"]:
+                mac_lock = None  # turning binding off drops the lock
+            if binding is not current:
+                changes["mac_binding"] = binding.value
             if plan is not UNSET:
                 changes["plan_id"] = await plan_id_by_name(conn, plan)
             if state is not None:

@@ -14,8 +14,17 @@ from ispcare_radius.aaa.methods.chap import Chap
 from ispcare_radius.aaa.methods.mac import Mac
 from ispcare_radius.aaa.methods.mschap import MsChapV1, MsChapV2
 from ispcare_radius.aaa.methods.pap import Pap
+from ispcare_radius.privacy.secret import Secret
 
-__all__ = ["DEFAULT_METHODS", "REGISTRY", "Attempt", "Method", "enabled", "resolve"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "REGISTRY",
+    "Attempt",
+    "Method",
+    "configure",
+    "enabled",
+    "resolve",
+]
 
 # Every method the server knows, by the name configuration uses. The order is
 # the order in which they are asked whether they claim a request.
@@ -39,6 +48,19 @@ def resolve(names: Iterable[str]) -> tuple[Method, ...]:
             f"unknown authentication method(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}"
         )
     return tuple(m for name, m in REGISTRY.items() if name in wanted)
+
+
+def configure(
+    methods: tuple[Method, ...], *, mac_auth_password: Secret | None = None
+) -> tuple[Method, ...]:
+    """``methods`` with their settings applied: MAC auth accepting the fixed password.
+
+    Methods are matched by name, so a configured instance stands in for the
+    registry's one.
+    """
+    if mac_auth_password is None:
+        return methods
+    return tuple(Mac(mac_auth_password) if m.name == "mac" else m for m in methods)
 
 
 _DEFAULT = resolve(DEFAULT_METHODS)

@@ -1,13 +1,16 @@
 """The authentication-method plug-in contract, the per-request ``Attempt``, wire helpers.
 
-Imports protocol, the aaa model/request types and the outcome table only;
-never storage, asyncio or the pipeline.
+Imports protocol, the aaa model/request types, the outcome table, the
+credential forms and the MS-CHAP primitives only; never storage, asyncio or
+the pipeline.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from ispcare_radius.aaa.methods.credentials import stored_forms, unsupported_message
+from ispcare_radius.aaa.methods.mscrypto import nt_password_hash
 from ispcare_radius.aaa.outcome import Outcome
 from ispcare_radius.protocol.packet import VENDOR_SPECIFIC, Packet, encode_attributes
 
@@ -16,6 +19,7 @@ if TYPE_CHECKING:
     from ispcare_radius.aaa.request import Request
 
 MICROSOFT = 311
+REPLY_MESSAGE = 18
 
 
 class Method(Protocol):
@@ -68,6 +72,7 @@ class Attempt:
         "methods",
         "password",
         "request",
+        "slow_match",
         "subscriber",
         "user_name",
         "verified",
@@ -86,6 +91,9 @@ class Attempt:
         self.method: Method | None = None
         self.credentials: object = None
         self.verified: object = None
+        # PAP against a slow hash: the comparison's result when the pipeline
+        # ran it off the event loop (None: not run yet).
+        self.slow_match: bool | None = None
 
 
 def stored_password(attempt: Attempt) -> bytes | None:
@@ -94,6 +102,43 @@ def stored_password(attempt: Attempt) -> bytes | None:
     if sub is None or sub.password is None:
         return None
     return sub.password.reveal()
+
+
+def stored_nt_hash(attempt: Attempt) -> bytes | None:
+    """The NT hash of the stored password, else the stored NT hash, else None."""
+    sub = attempt.subscriber
+    if sub is None:
+        return None
+    password = stored_password(attempt)
+    if password is not None:
+        try:
+            return nt_password_hash(password.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+    return None if sub.nt_hash is None else sub.nt_hash.reveal()
+
+
+def credential_gap(method: str, attempt: Attempt) -> Outcome | None:
+    """METHOD_UNSUPPORTED_BY_CREDENTIAL when the subscriber holds no form ``method`` can use."""
+    sub = attempt.subscriber
+    if sub is None or unsupported_message(method, stored_forms(sub)) is None:
+        return None
+    return Outcome.METHOD_UNSUPPORTED_BY_CREDENTIAL
+
+
+def credential_reply(method: str, attempt: Attempt, outcome: Outcome) -> bytes:
+    """A Reply-Message saying why ``method`` cannot work for this account, for that outcome.
+
+    Empty for every other outcome: a wrong password is never explained.
+    """
+    sub = attempt.subscriber
+    if outcome is not Outcome.METHOD_UNSUPPORTED_BY_CREDENTIAL or sub is None:
+        return b""
+    text = unsupported_message(method, stored_forms(sub))
+    if text is None:
+        return b""
+    # RFC 2865 section 5.18: Reply-Message is text, one or more octets.
+    return encode_attributes(((REPLY_MESSAGE, text.encode("utf-8")[:253]),))
 
 
 def vsa(vendor: int, vtype: int, value: bytes) -> bytes:

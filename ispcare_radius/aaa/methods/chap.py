@@ -9,7 +9,12 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field
 
-from ispcare_radius.aaa.methods.base import Attempt, stored_password
+from ispcare_radius.aaa.methods.base import (
+    Attempt,
+    credential_gap,
+    credential_reply,
+    stored_password,
+)
 from ispcare_radius.aaa.outcome import Outcome
 from ispcare_radius.protocol.packet import Packet
 
@@ -63,7 +68,8 @@ class Chap:
         creds = attempt.credentials
         password = stored_password(attempt)
         if not isinstance(creds, ChapCredentials) or password is None:
-            return Outcome.BAD_PASSWORD
+            # An NT or slow hash cannot give MD5 over the cleartext.
+            return credential_gap(self.name, attempt) or Outcome.BAD_PASSWORD
         expected = chap_response(creds.ident, password, creds.challenge)
         if not hmac.compare_digest(expected, creds.response):
             return Outcome.BAD_PASSWORD
@@ -74,5 +80,5 @@ class Chap:
         return b""
 
     def reject_attributes(self, attempt: Attempt, outcome: Outcome) -> bytes:
-        """CHAP adds nothing."""
-        return b""
+        """A Reply-Message when the account holds no password CHAP can use."""
+        return credential_reply(self.name, attempt, outcome)

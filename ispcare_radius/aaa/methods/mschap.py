@@ -10,7 +10,15 @@ import secrets
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ispcare_radius.aaa.methods.base import MICROSOFT, Attempt, stored_password, vsa
+from ispcare_radius.aaa.methods.base import (
+    MICROSOFT,
+    Attempt,
+    credential_gap,
+    credential_reply,
+    stored_nt_hash,
+    stored_password,
+    vsa,
+)
 from ispcare_radius.aaa.methods.mscrypto import (
     authenticator_response,
     challenge_hash,
@@ -18,7 +26,6 @@ from ispcare_radius.aaa.methods.mscrypto import (
     hash_nt_password_hash,
     lm_password_hash,
     mppe_v2_keys,
-    nt_password_hash,
 )
 from ispcare_radius.aaa.outcome import Outcome
 from ispcare_radius.protocol.authenticator import hide_password, hide_tunnel_password
@@ -72,16 +79,6 @@ def error_code(outcome: Outcome) -> int:
     return _ERRORS.get(outcome, ERROR_AUTHENTICATION_FAILURE)
 
 
-def _password_text(attempt: Attempt) -> str | None:
-    password = stored_password(attempt)
-    if password is None:
-        return None
-    try:
-        return password.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class V2Credentials:
     ident: int
@@ -130,12 +127,11 @@ class MsChapV2:
         return None
 
     def verify(self, attempt: Attempt) -> Outcome | None:
-        """The NT-Response against one computed from the stored password's NT hash."""
+        """The NT-Response against one computed from the stored (or derived) NT hash."""
         creds = attempt.credentials
-        password = _password_text(attempt)
-        if not isinstance(creds, V2Credentials) or password is None:
-            return Outcome.BAD_PASSWORD
-        password_hash = nt_password_hash(password)
+        password_hash = stored_nt_hash(attempt)
+        if not isinstance(creds, V2Credentials) or password_hash is None:
+            return credential_gap(self.name, attempt) or Outcome.BAD_PASSWORD
         challenge = challenge_hash(
             creds.peer_challenge, creds.authenticator_challenge, creds.user_name
         )
@@ -180,12 +176,13 @@ class MsChapV2:
         if not isinstance(creds, V2Credentials):
             return b""
         code = error_code(outcome)
+        reason = credential_reply(self.name, attempt, outcome)
         # RFC 2759 section 6: "cccc...cccc is the ASCII representation of a
         # hexadecimal challenge value. This field MUST be exactly 32 octets
         # long and MUST be present." Retry is not offered (R=0); the value
         # is a fresh one, never the challenge just answered.
         text = f"E={code} R=0 C={secrets.token_hex(16).upper()} V=3 M={_MESSAGES[code]}"
-        return vsa(MICROSOFT, MS_CHAP_ERROR, bytes((creds.ident,)) + text.encode("ascii"))
+        return reason + vsa(MICROSOFT, MS_CHAP_ERROR, bytes((creds.ident,)) + text.encode("ascii"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,12 +219,12 @@ class MsChapV1:
         return None
 
     def verify(self, attempt: Attempt) -> Outcome | None:
-        """The NT-Response against one computed from the stored password's NT hash."""
+        """The NT-Response against one computed from the stored (or derived) NT hash."""
         creds = attempt.credentials
-        password = _password_text(attempt)
-        if not isinstance(creds, V1Credentials) or password is None:
-            return Outcome.BAD_PASSWORD
-        expected = challenge_response(creds.challenge, nt_password_hash(password))
+        password_hash = stored_nt_hash(attempt)
+        if not isinstance(creds, V1Credentials) or password_hash is None:
+            return credential_gap(self.name, attempt) or Outcome.BAD_PASSWORD
+        expected = challenge_response(creds.challenge, password_hash)
         if not hmac.compare_digest(expected, creds.nt_response):
             return Outcome.BAD_PASSWORD
         return None
@@ -235,14 +232,17 @@ class MsChapV1:
     def accept_attributes(self, attempt: Attempt) -> bytes:
         """MS-CHAP-MPPE-Keys (LM key + NT hash-hash, hidden), policy and types."""
         password = stored_password(attempt)
-        text = _password_text(attempt)
-        if password is None or text is None:
-            raise RuntimeError("mschap accept without a stored password")
+        password_hash = stored_nt_hash(attempt)
+        if password_hash is None:
+            raise RuntimeError("mschap accept without a stored password or NT hash")
         # RFC 2548 section 2.4.1: the first 8 octets of the LAN Manager hash
         # and a 16-octet NT key. As FreeRADIUS and Windows servers do, the NT
         # key is the hash of the NT hash (RFC 3079 section 2.4 uses it too),
-        # not the NT hash the RFC's text names.
-        keys = lm_password_hash(password)[:8] + hash_nt_password_hash(nt_password_hash(text))
+        # not the NT hash the RFC's text names. An account holding only an NT
+        # hash has no LAN Manager hash: its 8 octets are zero, as FreeRADIUS
+        # sends them without an LM-Password.
+        lm_key = bytes(8) if password is None else lm_password_hash(password)[:8]
+        keys = lm_key + hash_nt_password_hash(password_hash)
         secret = attempt.request.nas.secret.reveal()
         auth = attempt.request.packet.authenticator
         # RFC 2548 section 2.4.1: the Keys field is hidden "in the same manner
@@ -256,4 +256,5 @@ class MsChapV1:
         if not isinstance(creds, V1Credentials):
             return b""
         text = f"E={error_code(outcome)} R=0"
-        return vsa(MICROSOFT, MS_CHAP_ERROR, bytes((creds.ident,)) + text.encode("ascii"))
+        reason = credential_reply(self.name, attempt, outcome)
+        return reason + vsa(MICROSOFT, MS_CHAP_ERROR, bytes((creds.ident,)) + text.encode("ascii"))
