@@ -1,5 +1,8 @@
 """Daily partitions of the time-partitioned tables: create ahead, drop for retention.
 
+Each table is range-partitioned on one timestamptz column (``PARTITION_COLUMNS``)
+and has a DEFAULT partition that catches rows for days without a partition.
+
 Imports store.db only; never server or cli. Time is passed in (``now=``).
 """
 
@@ -11,7 +14,15 @@ from typing import Final
 
 from ispcare_radius.store.db import Connection, Pool, acquire
 
-PARTITIONED_TABLES: Final = ("auth_events", "auth_rejects_unknown", "acct_records")
+# Table -> the column it is partitioned on (PARTITION BY RANGE in the migrations).
+PARTITION_COLUMNS: Final[dict[str, str]] = {
+    "auth_events": "time",
+    "auth_rejects_unknown": "time",
+    "acct_records": "time",
+    # Closed sessions by when they ended: retention drops whole days of history.
+    "sessions_closed": "stopped_at",
+}
+PARTITIONED_TABLES: Final = tuple(PARTITION_COLUMNS)
 _LOCK_KEY: Final = 0x1597_CA7E_0002
 _PARTITION_NAME: Final = re.compile(r"^(?P<table>[a-z_]+)_p(?P<day>\d{8})$")
 
@@ -25,13 +36,17 @@ def _bound(day: date) -> str:
     return datetime.combine(day, time(), tzinfo=UTC).isoformat()
 
 
-def _check_table(table: str) -> None:
-    if table not in PARTITIONED_TABLES:
+def _time_column(table: str) -> str:
+    """The partition column of ``table``; only known tables reach SQL text."""
+    column = PARTITION_COLUMNS.get(table)
+    if column is None:
         raise ValueError(f"not a partitioned table: {table}")
+    return column
 
 
 async def _create_day(conn: Connection, table: str, day: date) -> bool:
     name = partition_name(table, day)
+    column = _time_column(table)
     if await conn.fetchval("SELECT to_regclass($1)", name) is not None:
         return False
     low, high = _bound(day), _bound(day + timedelta(days=1))
@@ -41,7 +56,8 @@ async def _create_day(conn: Connection, table: str, day: date) -> bool:
     # Rows of this day that already landed in the DEFAULT partition must move,
     # or PostgreSQL refuses to attach a partition overlapping them.
     await conn.execute(
-        f"WITH moved AS (DELETE FROM {table}_default WHERE time >= $1 AND time < $2 RETURNING *)"
+        f"WITH moved AS (DELETE FROM {table}_default"
+        f" WHERE {column} >= $1 AND {column} < $2 RETURNING *)"
         f" INSERT INTO {name} SELECT * FROM moved",
         datetime.fromisoformat(low),
         datetime.fromisoformat(high),
@@ -81,7 +97,7 @@ async def drop_partitions_before(pool: Pool, table: str, *, before: datetime) ->
     Retention by partition: whole days go at once, no row-by-row delete.
     Rows still in the DEFAULT partition are deleted by time.
     """
-    _check_table(table)
+    column = _time_column(table)
     cutoff = (before if before.tzinfo else before.replace(tzinfo=UTC)).astimezone(UTC)
     dropped: list[str] = []
     async with acquire(pool, timeout=30.0) as conn:
@@ -100,20 +116,27 @@ async def drop_partitions_before(pool: Pool, table: str, *, before: datetime) ->
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
                     await conn.execute(f"DROP TABLE IF EXISTS {match.group(0)}")
                 dropped.append(match.group(0))
-        await conn.execute(f"DELETE FROM {table}_default WHERE time < $1", cutoff)
+        await conn.execute(f"DELETE FROM {table}_default WHERE {column} < $1", cutoff)
     return sorted(dropped)
 
 
 async def apply_retention(
-    pool: Pool, *, now: datetime, auth_events_days: int = 180, unknown_rejects_days: int = 7
+    pool: Pool,
+    *,
+    now: datetime,
+    auth_events_days: int = 180,
+    unknown_rejects_days: int = 7,
+    closed_sessions_days: int = 400,
 ) -> list[str]:
-    """Drop what is older than its retention: auth events, then unknown-user rejects.
+    """Drop what is older than its retention: auth events, unknown-user rejects, closed sessions.
 
     A partition goes once its whole day is older than ``now - days``; rows
-    of that age still in a DEFAULT partition are deleted. Returns the
-    partitions dropped, sorted. Meant for a daily task.
+    of that age still in a DEFAULT partition are deleted. Closed sessions
+    are kept by when they ended, over a year by default: ISPs answer billing
+    disputes and lawful requests from them. Returns the partitions dropped,
+    sorted. Meant for a daily task.
     """
-    if auth_events_days < 1 or unknown_rejects_days < 1:
+    if min(auth_events_days, unknown_rejects_days, closed_sessions_days) < 1:
         raise ValueError("retention must be at least one day")
     moment = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
     dropped = await drop_partitions_before(
@@ -121,5 +144,8 @@ async def apply_retention(
     )
     dropped += await drop_partitions_before(
         pool, "auth_rejects_unknown", before=moment - timedelta(days=unknown_rejects_days)
+    )
+    dropped += await drop_partitions_before(
+        pool, "sessions_closed", before=moment - timedelta(days=closed_sessions_days)
     )
     return sorted(dropped)
