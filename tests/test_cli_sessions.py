@@ -33,6 +33,7 @@ from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
 from ispcare_radius.store.nas import NasRepository
 from ispcare_radius.store.session_keys import session_aad
 from ispcare_radius.store.session_query import ip_candidates
+from ispcare_radius.store.sessions import SessionApplier, SessionTracker
 from ispcare_radius.store.subscribers import SubscriberRepository
 
 SECRET = "cli-sess-secret"
@@ -87,9 +88,10 @@ def packet(
 class Sender:
     """Sends accounting through the real handler for one NAS."""
 
-    def __init__(self, handler: AccountingHandler, nas: Nas) -> None:
+    def __init__(self, handler: AccountingHandler, nas: Nas, applier: SessionApplier) -> None:
         self.handler = handler
         self.nas = nas
+        self.applier = applier
         self.ident = 0
 
     async def send(self, attrs: list[tuple[int, bytes]]) -> None:
@@ -105,6 +107,7 @@ class Sender:
             Request(parse(data), self.nas, ("127.0.0.1", 41000), 0.0, None)
         )
         assert reply.code == int(Code.ACCOUNTING_RESPONSE), reply.reason
+        await self.applier.drain()
 
 
 class Clock:
@@ -150,7 +153,8 @@ async def senders(
     edge2 = await repo.add("edge-2", "127.0.0.2", SECRET)
     directory = CachedSubscriberDirectory(pg_pool, system_keys, data_keys)
     handler = AccountingHandler(recorder=writer, directory=directory, clock=Clock())
-    return Sender(handler, edge1), Sender(handler, edge2)
+    applier = SessionApplier(pg_pool, SessionTracker(system_keys.blind_index))
+    return Sender(handler, edge1, applier), Sender(handler, edge2, applier)
 
 
 @pytest.fixture

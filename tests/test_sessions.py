@@ -20,8 +20,10 @@ from ispcare_radius.aaa.model import Nas
 from ispcare_radius.aaa.request import Request
 from ispcare_radius.aaa.sessions import (
     Counters,
+    Delta,
     Period,
     Quota,
+    Reading,
     advance,
     period_start,
     quota_crossed,
@@ -37,7 +39,7 @@ from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
 from ispcare_radius.store.nas import NasRepository
 from ispcare_radius.store.plans import PlanRepository
 from ispcare_radius.store.session_keys import session_aad
-from ispcare_radius.store.sessions import close_stale
+from ispcare_radius.store.sessions import SessionApplier, SessionTracker, close_stale
 from ispcare_radius.store.subscribers import SubscriberRepository
 
 SECRET = "sess-secret-9"
@@ -105,13 +107,19 @@ def packet(
 class Nas1:
     """Sends accounting for one NAS through the handler, with a moving clock."""
 
-    def __init__(self, handler: AccountingHandler, nas: Nas, clock: Clock) -> None:
+    def __init__(
+        self, handler: AccountingHandler, nas: Nas, clock: Clock, applier: SessionApplier
+    ) -> None:
         self.handler = handler
         self.nas = nas
         self.clock = clock
+        self.applier = applier
         self.ident = 0
 
-    async def send(self, attrs: list[tuple[int, bytes]], *, advance_s: float = 1.0) -> str:
+    async def send(
+        self, attrs: list[tuple[int, bytes]], *, advance_s: float = 1.0, settle: bool = True
+    ) -> str:
+        """Send one request; with ``settle``, wait until the applier has applied it."""
         self.clock.now += advance_s
         self.ident = (self.ident + 1) % 256
         data = build_request(
@@ -124,6 +132,8 @@ class Nas1:
         request = Request(parse(data), self.nas, ("127.0.0.1", 41000), 0.0, None)
         reply = await self.handler.handle(request)
         assert reply.code == RESPONSE, reply.reason
+        if settle:
+            await self.applier.drain()
         return reply.reason
 
 
@@ -165,6 +175,14 @@ def clock() -> Clock:
 
 
 @pytest.fixture
+def applier(pg_pool: Pool, system_keys: SystemKeys, writer: AccountingWriter) -> SessionApplier:
+    # Not started: the tests apply the queue themselves, so they see each step.
+    applier = SessionApplier(pg_pool, SessionTracker(system_keys.blind_index))
+    writer.on_commit = applier.wake
+    return applier
+
+
+@pytest.fixture
 def client(
     writer: AccountingWriter,
     pg_pool: Pool,
@@ -172,10 +190,11 @@ def client(
     data_keys: DataKeyCache,
     clock: Clock,
     nas: Nas,
+    applier: SessionApplier,
 ) -> Nas1:
     directory = CachedSubscriberDirectory(pg_pool, system_keys, data_keys)
     handler = AccountingHandler(recorder=writer, directory=directory, clock=clock)
-    return Nas1(handler, nas, clock)
+    return Nas1(handler, nas, clock, applier)
 
 
 @pytest.fixture
@@ -451,7 +470,10 @@ async def test_every_packet_sent_three_times_interleaved_counts_once(
 
     once = packets
     for start in range(0, len(once), 200):
-        await asyncio.gather(*(client.send(p, advance_s=0) for p in once[start : start + 200]))
+        await asyncio.gather(
+            *(client.send(p, advance_s=0, settle=False) for p in once[start : start + 200])
+        )
+        await client.applier.drain()
     expected_sessions = await _totals(db)
     expected_usage = await db.fetch(
         "SELECT subscriber_id, period, input_octets, output_octets, session_time FROM usage"
@@ -472,7 +494,10 @@ async def test_every_packet_sent_three_times_interleaved_counts_once(
     thrice = packets * 3
     random.Random(11).shuffle(thrice)
     for start in range(0, len(thrice), 300):
-        await asyncio.gather(*(client.send(p, advance_s=0) for p in thrice[start : start + 300]))
+        await asyncio.gather(
+            *(client.send(p, advance_s=0, settle=False) for p in thrice[start : start + 300])
+        )
+        await client.applier.drain()
     assert await _totals(db) == expected_sessions
     assert (
         await db.fetch(
@@ -485,8 +510,18 @@ async def test_every_packet_sent_three_times_interleaved_counts_once(
 
 
 def test_advance_ignores_a_record_without_counters() -> None:
-    from ispcare_radius.aaa.accounting import AcctRecord
+    assert advance(Counters(), Reading(event_time=T0)) == (Counters(), Delta())
 
-    start = AcctRecord(received_at=T0, nas_id=1, status=1, event_time=T0, content_digest=b"x" * 32)
-    assert advance(Counters(), start) == (Counters(), advance(Counters(), start)[1])
-    assert not advance(Counters(), start)[1]
+
+def test_advance_counts_a_wrap_only_in_a_newer_record_without_gigawords() -> None:
+    first, delta = advance(Counters(), Reading(T0, GIB4 - 10, 5, 300))
+    assert (first.input_octets, delta.input_octets) == (GIB4 - 10, GIB4 - 10)
+    later = T0 + timedelta(seconds=300)
+    wrapped, delta = advance(first, Reading(later, 20, 6, 600))
+    assert (wrapped.input_octets, wrapped.input_wraps) == (GIB4 + 20, 1)
+    assert delta == Delta(input_octets=30, output_octets=1, session_time=300)
+    # The same counters with Gigawords sent: a lower 64-bit value is not a wrap.
+    kept, delta = advance(first, Reading(later, 20, 6, 600, gigawords=True))
+    assert (kept.input_octets, kept.input_wraps, delta.input_octets) == (GIB4 - 10, 0, 0)
+    # Older (lower session time): nothing changes.
+    assert advance(wrapped, Reading(T0, 1, 1, 100)) == (wrapped, Delta())

@@ -64,7 +64,7 @@ async def test_closed_sessions_get_daily_partitions_and_leave_default(pg_pool: P
     indexes = await pg_pool.fetchval(
         "SELECT count(*) FROM pg_indexes WHERE tablename = 'sessions_closed_p20300506'"
     )
-    assert indexes == 5
+    assert indexes == 6
 
 
 async def test_stale_close_lands_in_the_partition_of_its_last_event(pg_pool: Pool) -> None:

@@ -14,12 +14,10 @@ and by how much, so usage is counted once:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Final
-
-from ispcare_radius.aaa.accounting import AcctRecord
 
 WRAP: Final = 1 << 32
 MIN_INTERIM: Final = 60
@@ -42,6 +40,21 @@ class Period(StrEnum):
 
     DAY = "day"
     CYCLE = "cycle"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What one accounting record says about a session's counters.
+
+    Counters are None when the record carries none (a Start); ``gigawords``
+    says whether the NAS sent Acct-*-Gigawords with them.
+    """
+
+    event_time: datetime
+    input_octets: int | None = None
+    output_octets: int | None = None
+    session_time: int | None = None
+    gigawords: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +86,7 @@ class Delta:
         return bool(self.input_octets or self.output_octets or self.session_time)
 
 
-def _order(counters: Counters, record: AcctRecord) -> int:
+def _order(counters: Counters, record: Reading) -> int:
     """+1 when ``record`` is newer than the totals, 0 when as new, -1 when older.
 
     Acct-Session-Time is the NAS's own clock for the session, so it orders
@@ -101,7 +114,7 @@ def _direction(
     return max(total, (wraps << 32) + value), wraps
 
 
-def advance(counters: Counters, record: AcctRecord) -> tuple[Counters, Delta]:
+def advance(counters: Counters, record: Reading) -> tuple[Counters, Delta]:
     """The session's counters after ``record``, and what it added.
 
     Records without counters (a Start) change nothing; an older record
@@ -145,7 +158,7 @@ def advance(counters: Counters, record: AcctRecord) -> tuple[Counters, Delta]:
     return after, delta
 
 
-def started_at(record: AcctRecord) -> datetime:
+def started_at(record: Reading) -> datetime:
     """When the session began: the Start's event time, else event time minus session time."""
     if record.session_time:
         return record.event_time - timedelta(seconds=record.session_time)
@@ -198,8 +211,3 @@ def quota_crossed(quota: Quota, *, octets: int, seconds: int) -> list[tuple[str,
     if quota.seconds is not None and seconds >= quota.seconds:
         crossed.append(("time", seconds, quota.seconds))
     return crossed
-
-
-def without_counters(record: AcctRecord) -> AcctRecord:
-    """``record`` with its counters dropped (used when it must not move totals)."""
-    return replace(record, input_octets=None, output_octets=None, session_time=None)

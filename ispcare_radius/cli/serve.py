@@ -32,7 +32,7 @@ from ispcare_radius.store.durable import SpoolingRecorder
 from ispcare_radius.store.events import AuthEventWriter
 from ispcare_radius.store.limits import SessionLimits
 from ispcare_radius.store.partitions import apply_retention, ensure_partitions
-from ispcare_radius.store.sessions import close_stale
+from ispcare_radius.store.sessions import SessionApplier, SessionTracker, close_stale
 from ispcare_radius.store.spool import Spool, SpoolError
 
 DEMO_NAS = "local-nas"
@@ -80,6 +80,7 @@ class Services:
     events: AuthEventWriter
     accounting: AccountingWriter
     spooling: SpoolingRecorder
+    sessions: SessionApplier
 
 
 async def build(config: Config, store: Store, dictionary: Dictionary) -> Services:
@@ -129,6 +130,8 @@ async def build(config: Config, store: Store, dictionary: Dictionary) -> Service
     except (SpoolError, OSError) as exc:
         raise ConfigError(f"accounting.spool_dir: {exc}") from None
     spooling = SpoolingRecorder(accounting, spool, spool_after=config.accounting.spool_after)
+    sessions = SessionApplier(store.pool, SessionTracker(store.keys.blind_index))
+    accounting.on_commit = sessions.wake
     server = RadiusServer(
         config.server,
         clients,
@@ -141,7 +144,7 @@ async def build(config: Config, store: Store, dictionary: Dictionary) -> Service
         ),
         acct_handler=AccountingHandler(recorder=spooling, directory=directory),
     )
-    return Services(server, clients, directory, events, accounting, spooling)
+    return Services(server, clients, directory, events, accounting, spooling, sessions)
 
 
 async def serve(config: Config, *, demo: bool = False) -> int:
@@ -164,6 +167,7 @@ async def serve(config: Config, *, demo: bool = False) -> int:
         await svc.directory.start_listening()
         svc.events.start()
         svc.spooling.start()
+        svc.sessions.start()
         background = [
             _every(config.nas_reload_interval, lambda: _reload_nas(store, svc.clients)),
             _every(MAINTENANCE_INTERVAL, lambda: _maintenance(store, config)),
@@ -197,6 +201,7 @@ async def serve(config: Config, *, demo: bool = False) -> int:
             await svc.server.stop()
             await svc.spooling.close()
             await svc.accounting.close()
+            await svc.sessions.close()
             await svc.events.stop()
             await svc.directory.stop()
             log.info("stopped")

@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
@@ -26,13 +26,19 @@ from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store.db import Connection, Pool, acquire, is_unavailable
 from ispcare_radius.store.events import event_aad
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys, live_subscriber_ciphers
-from ispcare_radius.store.session_keys import session_blind
-from ispcare_radius.store.sessions import SessionTracker
+from ispcare_radius.store.session_keys import (
+    cookie_session_key,
+    ip_blind,
+    port_blind,
+    session_blind,
+    tuple_session_key,
+)
 
 _log = get_logger(__name__)
 
 TABLE: Final = "acct_records"
 KEYS_TABLE: Final = "acct_record_keys"
+PENDING_TABLE: Final = "acct_pending"
 _RECORD_DOMAIN: Final = b"ispcare-radius/acct-record/v1\x00"
 
 # (column, SQL type) of acct_records, in the order rows are built.
@@ -59,6 +65,15 @@ _COLUMNS: Final = (
     ("calling_station_id_enc", "bytea"),
     ("framed_ip_enc", "bytea"),
     ("nas_ip_enc", "bytea"),
+    # For the session applier, which never decrypts (0007_sessions.sql).
+    ("session_key", "bytea"),
+    ("port_blind", "bytea"),
+    ("framed_ip_blind", "bytea"),
+    ("framed_ipv6_blind", "bytea"),
+    ("nas_port_type", "bigint"),
+    ("gigawords", "boolean"),
+    ("has_cookie", "boolean"),
+    ("framed_ipv6_enc", "bytea"),
 )
 _RECORD_KEY_INDEX: Final = 7
 _NAMES: Final = ", ".join(name for name, _ in _COLUMNS)
@@ -82,11 +97,16 @@ WITH input AS (
         WHERE abs(extract(epoch FROM EXCLUDED.event_time - k.event_time))::float8
             > ${_WINDOW_PARAM}::float8
     RETURNING k.record_key
+), stored AS (
+    INSERT INTO {TABLE} ({_NAMES})
+    SELECT {", ".join(f"i.{name}" for name, _ in _COLUMNS)}
+    FROM input i JOIN fresh f ON f.record_key = i.record_key
+    RETURNING record_key, id, subscriber_id, time
+), queued AS (
+    INSERT INTO {PENDING_TABLE} (id, subscriber_id, time)
+    SELECT id, subscriber_id, time FROM stored
 )
-INSERT INTO {TABLE} ({_NAMES})
-SELECT {", ".join(f"i.{name}" for name, _ in _COLUMNS)}
-FROM input i JOIN fresh f ON f.record_key = i.record_key
-RETURNING record_key
+SELECT record_key FROM stored
 """
 
 
@@ -159,8 +179,8 @@ class AccountingWriter:
         self.failed = 0
         self.rejected = 0
         self.batches = 0
-        self.session_errors = 0
-        self.sessions = SessionTracker(self._index)
+        # Called after each commit that stored something: wakes the session applier.
+        self.on_commit: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"AccountingWriter(outstanding={self._outstanding}, inflight={self._inflight})"
@@ -280,13 +300,9 @@ class AccountingWriter:
                 else:
                     leftovers.append(item)
             results = await self._insert_isolating(conn, rows)
-            stored = [
-                item.record
-                for key, (item, _) in first.items()
-                if results.get(key) is Recorded.STORED
-            ]
-            await self._apply_sessions(conn, stored, ciphers)
         self.batches += 1
+        if self.on_commit is not None and any(r is Recorded.STORED for r in results.values()):
+            self.on_commit()
         for key, (item, followers) in first.items():
             result = results[key]
             _settle(item, result)
@@ -299,32 +315,6 @@ class AccountingWriter:
             for follower in followers:
                 _settle(follower, result)
         return leftovers
-
-    async def _apply_sessions(
-        self, conn: Connection, records: list[AcctRecord], ciphers: dict[int, FieldCipher]
-    ) -> None:
-        """Apply the newly stored records to sessions and usage, in this transaction.
-
-        A failure here (a bug, a refused row) must not lose the records: the
-        savepoint undoes only the session changes, the raw records commit,
-        and sessions can be rebuilt from acct_records.
-        """
-        if not records:
-            return
-        try:
-            async with conn.transaction():
-                await self.sessions.apply(
-                    conn,
-                    _attributed(records, ciphers),
-                    ciphers,
-                    self._epoch,
-                    now=datetime.now(UTC),
-                )
-        except (asyncpg.PostgresError, asyncpg.DataError, ValueError, KeyError) as exc:
-            if isinstance(exc, asyncpg.PostgresError) and is_unavailable(exc):
-                raise
-            self.session_errors += 1
-            _log.error("session_apply_failed", error=type(exc).__name__, rows=len(records))
 
     def _same_event(self, a: AcctRecord, b: AcctRecord) -> bool:
         return abs((a.event_time - b.event_time).total_seconds()) <= self._window
@@ -405,17 +395,36 @@ class AccountingWriter:
             seal("calling_station_id", record.calling_station_id),
             seal("framed_ip", None if record.framed_ip is None else record.framed_ip.encode()),
             seal("nas_ip", None if record.nas_ip is None else record.nas_ip.encode()),
+            *self._session_columns(record),
+            seal(
+                "framed_ipv6", None if record.framed_ipv6 is None else record.framed_ipv6.encode()
+            ),
         )
 
-
-def _attributed(records: list[AcctRecord], ciphers: dict[int, FieldCipher]) -> list[AcctRecord]:
-    """``records``, unattributed where the subscriber is gone since the lookup, as ``_row`` does."""
-    return [
-        r
-        if r.subscriber_id == NO_SUBSCRIBER or r.subscriber_id in ciphers
-        else replace(r, subscriber_id=NO_SUBSCRIBER, attribution=Attribution.LOOKUP_FAILED)
-        for r in records
-    ]
+    def _session_columns(self, record: AcctRecord) -> tuple[Any, ...]:
+        """session_key, port/IP blind indexes, NAS-Port-Type, gigawords and cookie flags."""
+        index = self._index
+        key = None
+        if record.cookie is not None:
+            key = cookie_session_key(index, record.cookie)
+        elif record.session_id is not None:
+            key = tuple_session_key(
+                index,
+                record.nas_id,
+                record.session_id,
+                record.nas_port,
+                record.nas_port_id,
+                record.user_name,
+            )
+        return (
+            key,
+            port_blind(index, record.nas_id, record.nas_port, record.nas_port_id),
+            None if record.framed_ip is None else ip_blind(index, record.framed_ip),
+            None if record.framed_ipv6 is None else ip_blind(index, record.framed_ipv6),
+            record.nas_port_type,
+            record.gigawords,
+            record.cookie is not None,
+        )
 
 
 def _settle(item: _Item, result: Recorded | Exception) -> None:

@@ -13,7 +13,7 @@ from typing import Final
 from ispcare_radius.privacy.blind import BlindIndex
 from ispcare_radius.privacy.crypto import field_aad
 
-SESSIONS: Final = "sessions"
+RECORDS: Final = "acct_records"
 _DOMAIN: Final = b"ispcare-radius/session/v1\x00"
 _ACCT_SESSION_DOMAIN: Final = b"ispcare-radius/acct-session/v1\x00"
 
@@ -74,7 +74,9 @@ def ip_blind(index: BlindIndex, address: str) -> bytes:
 def session_aad(column: str, row_id: uuid.UUID, subscriber_id: int) -> bytes:
     """Associated data of a sealed session field (``column`` without ``_enc``).
 
-    The table part is "sessions" for both sessions_active and sessions_closed:
-    a row keeps its id and sealed values when it is closed.
+    A session's id is the id of the accounting record that created it and its
+    sealed columns are that record's ciphertexts, so this is the record's
+    associated data: bound to that row and subscriber, whichever table
+    (sessions_active, sessions_closed) holds the copy.
     """
-    return field_aad(SESSIONS, column, str(row_id), subscriber_id)
+    return field_aad(RECORDS, column, str(row_id), subscriber_id)

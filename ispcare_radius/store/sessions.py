@@ -1,30 +1,40 @@
 """Sessions, usage and quota events, kept from accounting records.
 
-``SessionTracker.apply`` runs inside the accounting writer's transaction,
-with the records that transaction stored for the first time, so each record
-moves a session's counters once. Rules live in ``aaa.sessions``; this module
-loads the rows a batch touches, applies the records in event order, and
-writes the result back in a few set-based statements.
+The accounting writer stores each record and queues it in acct_pending in
+one statement; ``SessionApplier`` takes queued records in large batches,
+applies them through ``SessionTracker`` and dequeues them in the same
+transaction, so each stored record moves a session's counters once, off the
+acknowledgement path. Rules live in ``aaa.sessions``; this module loads the
+rows a batch touches, applies the records in event order, and writes the
+result back in a few set-based statements. It never decrypts: the writer
+stored the blind indexes it needs, and a new session's sealed columns are
+copies of its first record's.
 
 Imports aaa, privacy and store; never server or cli.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
-from ispcare_radius.aaa.accounting import NO_SUBSCRIBER, AcctRecord, AcctStatus
+import asyncpg
+
+from ispcare_radius.aaa.accounting import NO_SUBSCRIBER, AcctStatus
+from ispcare_radius.aaa.ports import StoreUnavailable
 from ispcare_radius.aaa.sessions import (
     NAS_REBOOT,
     CloseReason,
     Counters,
     Period,
     Quota,
+    Reading,
     advance,
     interim_interval,
     period_start,
@@ -32,17 +42,8 @@ from ispcare_radius.aaa.sessions import (
     started_at,
 )
 from ispcare_radius.privacy.blind import BlindIndex
-from ispcare_radius.privacy.crypto import FieldCipher
 from ispcare_radius.privacy.logsetup import get_logger
-from ispcare_radius.store.db import Connection, Pool, acquire
-from ispcare_radius.store.session_keys import (
-    cookie_session_key,
-    ip_blind,
-    port_blind,
-    session_aad,
-    session_blind,
-    tuple_session_key,
-)
+from ispcare_radius.store.db import Connection, Pool, acquire, is_unavailable
 
 _log = get_logger(__name__)
 
@@ -267,11 +268,72 @@ class ApplyStats:
 
 
 @dataclass(frozen=True, slots=True)
-class _Keyed:
-    record: AcctRecord
-    key: bytes
+class _Pending:
+    """A queued accounting record, as the applier reads it back (nothing decrypted)."""
+
+    id: uuid.UUID
+    status: int
+    nas_id: int
+    subscriber_id: int
+    received_at: datetime
+    reading: Reading
+    terminate_cause: int | None
+    key: bytes | None
     session_blind: bytes | None
     port_blind: bytes | None
+    framed_ip_blind: bytes | None
+    framed_ipv6_blind: bytes | None
+    nas_port_type: int | None
+    has_cookie: bool
+    sealed: dict[str, bytes | None]
+
+    @property
+    def event_time(self) -> datetime:
+        return self.reading.event_time
+
+
+def _bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+def _pending(row: Any) -> _Pending:
+    return _Pending(
+        id=row["id"],
+        status=row["status_type"],
+        nas_id=row["nas_id"],
+        subscriber_id=row["subscriber_id"],
+        received_at=row["time"],
+        reading=Reading(
+            event_time=row["event_time"],
+            input_octets=row["input_octets"],
+            output_octets=row["output_octets"],
+            session_time=row["session_time"],
+            gigawords=row["gigawords"],
+        ),
+        terminate_cause=row["terminate_cause"],
+        key=_bytes(row["session_key"]),
+        session_blind=_bytes(row["session_blind"]),
+        port_blind=_bytes(row["port_blind"]),
+        framed_ip_blind=_bytes(row["framed_ip_blind"]),
+        framed_ipv6_blind=_bytes(row["framed_ipv6_blind"]),
+        nas_port_type=row["nas_port_type"],
+        has_cookie=row["has_cookie"],
+        sealed={name: _bytes(row[f"{name}_enc"]) for name in SEALED},
+    )
+
+
+# The record columns the applier reads, from the queue joined to acct_records.
+_CLAIM: Final = f"""
+SELECT r.id, r.status_type, r.nas_id, r.subscriber_id, r.time, r.event_time,
+       r.input_octets, r.output_octets, r.session_time, r.gigawords, r.terminate_cause,
+       r.session_key, r.session_blind, r.port_blind, r.framed_ip_blind, r.framed_ipv6_blind,
+       r.nas_port_type, r.has_cookie, {", ".join(f"r.{name}_enc" for name in SEALED)}
+FROM acct_pending p
+JOIN acct_records r ON r.subscriber_id = p.subscriber_id AND r.time = p.time AND r.id = p.id
+ORDER BY p.time
+LIMIT $1
+FOR UPDATE OF p SKIP LOCKED
+"""
 
 
 class SessionTracker:
@@ -287,52 +349,27 @@ class SessionTracker:
         self._late_window = late_window
         self.stats = ApplyStats()
 
-    def _keyed(self, record: AcctRecord) -> _Keyed:
-        index = self._index
-        assert record.session_id is not None
-        if record.cookie is not None:
-            key = cookie_session_key(index, record.cookie)
-        else:
-            key = tuple_session_key(
-                index,
-                record.nas_id,
-                record.session_id,
-                record.nas_port,
-                record.nas_port_id,
-                record.user_name,
-            )
-        return _Keyed(
-            record=record,
-            key=key,
-            session_blind=session_blind(index, record.nas_id, record.session_id),
-            port_blind=port_blind(index, record.nas_id, record.nas_port, record.nas_port_id),
-        )
-
     async def apply(
         self,
         conn: Connection,
-        records: Iterable[AcctRecord],
-        ciphers: dict[int, FieldCipher],
-        epoch: FieldCipher,
+        records: Iterable[_Pending],
         *,
         now: datetime,
     ) -> ApplyStats:
-        """Apply ``records``, stored for the first time in this transaction; return the counts."""
+        """Apply queued ``records`` (each exactly once, in this transaction); return the counts."""
         stats = ApplyStats()
-        session_records: list[_Keyed] = []
-        nas_wide: list[AcctRecord] = []
+        session_records: list[_Pending] = []
+        nas_wide: list[_Pending] = []
         for record in records:
             if record.status in _NAS_WIDE:
                 nas_wide.append(record)
-            elif record.status in _SESSION_STATUSES and record.session_id is not None:
-                session_records.append(self._keyed(record))
+            elif record.status in _SESSION_STATUSES and record.key is not None:
+                session_records.append(record)
         if not session_records and not nas_wide:
             return stats
-        session_records.sort(
-            key=lambda k: (k.record.event_time, _RANK[AcctStatus(k.record.status)])
-        )
+        session_records.sort(key=_apply_order)
 
-        keys = sorted({k.key for k in session_records})
+        keys = sorted({k.key for k in session_records if k.key is not None})
         if keys:
             # Two batches in flight may both hold records of a session not
             # yet stored; one waits for the other's commit. Sorted, so two
@@ -341,7 +378,7 @@ class SessionTracker:
                 "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
                 sorted({_lock_id(key) for key in keys}),
             )
-        starts = [k for k in session_records if k.record.status == AcctStatus.START]
+        starts = [k for k in session_records if k.status == AcctStatus.START]
         start_blinds = [k.session_blind for k in starts]
         start_ports = [k.port_blind for k in starts if k.port_blind is not None]
         active: dict[bytes, _Session] = {}
@@ -368,11 +405,7 @@ class SessionTracker:
                 now - self._late_window,
             )
             closed_at = {bytes(r["session_key"]): r["stopped_at"] for r in rows}
-        subscribers = {
-            k.record.subscriber_id
-            for k in session_records
-            if k.record.subscriber_id != NO_SUBSCRIBER
-        }
+        subscribers = {k.subscriber_id for k in session_records if k.subscriber_id != NO_SUBSCRIBER}
         terms = await _plan_terms(conn, subscribers)
 
         by_session_blind: dict[bytes, _Session] = {}
@@ -408,16 +441,16 @@ class SessionTracker:
                         close(victim, reboot.event_time, CloseReason.NAS_REBOOT, NAS_REBOOT)
                         stats.nas_reboots += 1
 
-        for keyed in session_records:
-            record = keyed.record
+        for record in session_records:
+            assert record.key is not None
             reboot_until(record.event_time)
-            session = active.get(keyed.key)
+            session = active.get(record.key)
             status = AcctStatus(record.status)
             if session is None:
-                previous_stop = closed_at.get(keyed.key)
+                previous_stop = closed_at.get(record.key)
                 if previous_stop is not None and (
                     status != AcctStatus.START
-                    or record.cookie is not None
+                    or record.has_cookie
                     or record.event_time <= previous_stop
                 ):
                     # After its Stop: a late Interim/Stop, or a replayed Start,
@@ -427,16 +460,16 @@ class SessionTracker:
                     continue
                 if status == AcctStatus.START:
                     for older in (
-                        by_session_blind.get(keyed.session_blind or b""),
-                        by_port.get(keyed.port_blind or b""),
+                        by_session_blind.get(record.session_blind or b""),
+                        by_port.get(record.port_blind or b""),
                     ):
                         # MikroTik and others: a new Start on a port or NAS
                         # session id means the older session ended unseen.
                         if older is not None and older.closed is None:
                             close(older, older.updated_at, CloseReason.SUPERSEDED, None)
                             stats.superseded += 1
-                session = self._new_session(keyed, terms, ciphers, epoch, now)
-                active[keyed.key] = session
+                session = _new_session(record, record.key, terms)
+                active[record.key] = session
                 if session.session_blind is not None:
                     by_session_blind[session.session_blind] = session
                 if session.port_blind is not None:
@@ -449,10 +482,10 @@ class SessionTracker:
                 session.start_seen = True
                 session.started_at = min(session.started_at, record.event_time)
                 session.changed = True
-            if record.cookie is not None and status == AcctStatus.START:
-                reservations.append(keyed.key)
+            if record.has_cookie and status == AcctStatus.START:
+                reservations.append(record.key)
             before = session.counters
-            after, delta = advance(before, record)
+            after, delta = advance(before, record.reading)
             stats.wraps += (after.input_wraps - before.input_wraps) + (
                 after.output_wraps - before.output_wraps
             )
@@ -497,59 +530,6 @@ class SessionTracker:
         for name in ApplyStats.__dataclass_fields__:
             setattr(total, name, getattr(total, name) + getattr(stats, name))
 
-    def _new_session(
-        self,
-        keyed: _Keyed,
-        terms: dict[int, PlanTerms],
-        ciphers: dict[int, FieldCipher],
-        epoch: FieldCipher,
-        now: datetime,
-    ) -> _Session:
-        record = keyed.record
-        sid = record.subscriber_id
-        cipher = ciphers.get(sid) if sid != NO_SUBSCRIBER else None
-        if cipher is None:
-            # Unattributed, or erased since the lookup: epoch key, subscriber 0.
-            sid, cipher = NO_SUBSCRIBER, epoch
-        row_id = uuid.uuid4()
-        plain: dict[str, bytes | None] = {
-            "session_id": record.session_id,
-            "user_name": record.user_name,
-            "calling_station_id": record.calling_station_id,
-            "framed_ip": None if record.framed_ip is None else record.framed_ip.encode(),
-            "framed_ipv6": None if record.framed_ipv6 is None else record.framed_ipv6.encode(),
-            "nas_ip": None if record.nas_ip is None else record.nas_ip.encode(),
-        }
-        sealed = {
-            name: None if value is None else cipher.seal(value, session_aad(name, row_id, sid))
-            for name, value in plain.items()
-        }
-        plan = terms.get(sid)
-        begin = record.event_time if record.status == AcctStatus.START else started_at(record)
-        return _Session(
-            id=row_id,
-            subscriber_id=sid,
-            session_key=keyed.key,
-            nas_id=record.nas_id,
-            session_blind=keyed.session_blind,
-            port_blind=keyed.port_blind,
-            framed_ip_blind=None
-            if record.framed_ip is None
-            else ip_blind(self._index, record.framed_ip),
-            framed_ipv6_blind=None
-            if record.framed_ipv6 is None
-            else ip_blind(self._index, record.framed_ipv6),
-            nas_port_type=record.nas_port_type,
-            started_at=begin,
-            updated_at=record.event_time,
-            last_seen=record.received_at,
-            start_seen=record.status == AcctStatus.START,
-            interim_interval=None if plan is None else plan.interim_interval,
-            counters=Counters(),
-            stored=False,
-            sealed=sealed,
-        )
-
     async def _write(
         self, conn: Connection, active: Iterable[_Session], retired: list[_Session], now: datetime
     ) -> None:
@@ -580,14 +560,39 @@ class SessionTracker:
             await conn.execute(_INSERT_CLOSED, *_columns(rows, len(COLUMNS) + len(CLOSED_EXTRA)))
 
 
+def _new_session(record: _Pending, key: bytes, terms: dict[int, PlanTerms]) -> _Session:
+    """A session first seen in ``record``: its id and sealed columns are the record's."""
+    plan = terms.get(record.subscriber_id)
+    start = record.status == AcctStatus.START
+    return _Session(
+        id=record.id,
+        subscriber_id=record.subscriber_id,
+        session_key=key,
+        nas_id=record.nas_id,
+        session_blind=record.session_blind,
+        port_blind=record.port_blind,
+        framed_ip_blind=record.framed_ip_blind,
+        framed_ipv6_blind=record.framed_ipv6_blind,
+        nas_port_type=record.nas_port_type,
+        started_at=record.event_time if start else started_at(record.reading),
+        updated_at=record.event_time,
+        last_seen=record.received_at,
+        start_seen=start,
+        interim_interval=None if plan is None else plan.interim_interval,
+        counters=Counters(),
+        stored=False,
+        sealed=dict(record.sealed),
+    )
+
+
 def _lock_id(key: bytes) -> int:
     # A 64-bit advisory lock id from the (uniformly random) key; kept clear
     # of the fixed ids store/migrate.py and store/partitions.py use.
     return int.from_bytes(key[:8], "big", signed=True)
 
 
-def _apply_order(keyed: _Keyed) -> tuple[datetime, int]:
-    return keyed.record.event_time, _RANK[AcctStatus(keyed.record.status)]
+def _apply_order(record: _Pending) -> tuple[datetime, int]:
+    return record.event_time, _RANK[AcctStatus(record.status)]
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -673,6 +678,121 @@ async def _add_usage(
         status = await conn.execute(_QUOTA_EVENT, *_columns(events, 7))
         return _count(status)
     return 0
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SessionApplier:
+    """Applies queued accounting records to sessions, in the background.
+
+    Woken by the writer after each commit (``wake``), and every ``poll``
+    seconds for records queued by another process or left by a crash; up to
+    ``batch_size`` records per transaction, so under load one transaction
+    serves many requests. A batch that fails for any reason but the database
+    being unavailable is retried one record at a time; a record that still
+    fails is dequeued and counted in ``failed`` (its raw record stays, so its
+    session can be rebuilt). ``applied`` counts dequeued records.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        tracker: SessionTracker,
+        *,
+        batch_size: int = 5000,
+        poll: float = 1.0,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if batch_size < 1 or poll <= 0:
+            raise ValueError("batch_size and poll must be positive")
+        self._pool = pool
+        self.tracker = tracker
+        self._batch_size = batch_size
+        self._poll = poll
+        self._clock = clock
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.applied = 0
+        self.failed = 0
+
+    def wake(self) -> None:
+        """Records were queued: apply them soon."""
+        self._wakeup.set()
+
+    def start(self) -> None:
+        """Run the apply loop until ``close``."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def close(self) -> None:
+        """Stop the loop, then apply what is queued (best effort: what is left stays queued)."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        with contextlib.suppress(StoreUnavailable):
+            await self.drain()
+
+    async def drain(self) -> int:
+        """Apply batches until the queue is empty (or only other processes' rows remain)."""
+        total = 0
+        while True:
+            done = await self.run_once()
+            total += done
+            if done < self._batch_size:
+                return total
+
+    async def run_once(self) -> int:
+        """Apply one batch of queued records; return how many were dequeued."""
+        async with acquire(self._pool, timeout=30.0) as conn, conn.transaction():
+            rows = await conn.fetch(_CLAIM, self._batch_size)
+            if not rows:
+                return 0
+            records = [_pending(r) for r in rows]
+            now = self._clock()
+            if not await self._try(conn, records, now):
+                for record in records:  # isolate the record that fails
+                    if not await self._try(conn, [record], now):
+                        self.failed += 1
+                        _log.error("session_apply_failed", status=record.status)
+            await conn.execute(
+                "DELETE FROM acct_pending WHERE id = ANY($1::uuid[])", [r.id for r in records]
+            )
+        self.applied += len(records)
+        return len(records)
+
+    async def _try(self, conn: Connection, records: list[_Pending], now: datetime) -> bool:
+        try:
+            async with conn.transaction():  # a savepoint: a failure undoes only this try
+                await self.tracker.apply(conn, records, now=now)
+        except (asyncpg.PostgresError, asyncpg.DataError, ValueError, KeyError) as exc:
+            if is_unavailable(exc):
+                raise
+            if len(records) > 1:
+                _log.warning("session_batch_failed", error=type(exc).__name__, rows=len(records))
+            return False
+        return True
+
+    async def _loop(self) -> None:
+        backoff = self._poll
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
+            self._wakeup.clear()
+            if self._closing:
+                return
+            try:
+                await self.drain()
+                backoff = self._poll
+            except StoreUnavailable:
+                backoff = min(backoff * 2, 30.0)  # the database is down; records wait queued
+            except Exception as exc:  # a bug must not stop the applier for good
+                _log.error("session_applier_error", error=type(exc).__name__)
+                backoff = min(backoff * 2, 30.0)
 
 
 async def close_stale(pool: Pool, *, now: datetime, grace: int, default_interval: int) -> int:

@@ -1,15 +1,38 @@
 -- 0007: sessions, usage and quotas derived from accounting (DESIGN.md sections 4 and 8).
 --
--- acct_records stays the raw, append-only log. In the same transaction that
--- stores new records, the writer applies them to the session tables below,
--- so a session's counters change exactly once per stored record.
+-- acct_records stays the raw, append-only log and the only thing on the
+-- acknowledgement path. The statement that stores a record also queues it in
+-- acct_pending; a session applier takes queued records in large batches
+-- (FOR UPDATE SKIP LOCKED, so several processes can share the work), applies
+-- them to the tables below and dequeues them in the same transaction, so
+-- each stored record moves a session's counters exactly once, and a crash
+-- between the two leaves the record queued, not lost.
 --
 -- session_key is a blind index (HMAC under the blind-index key): of the
 -- server-made Class cookie when the NAS echoes it, else of (NAS,
--- Acct-Session-Id, NAS-Port, NAS-Port-Id, User-Name). Personal fields are
--- sealed under the subscriber's data key (the epoch key when subscriber_id
--- is 0), with associated data bound to ("sessions", column, id,
--- subscriber_id): a row keeps its id when it moves from active to closed.
+-- Acct-Session-Id, NAS-Port, NAS-Port-Id, User-Name). A session's id is the
+-- id of the accounting record that created it, and its sealed columns are
+-- that record's ciphertexts, copied: associated data ("acct_records",
+-- column, id, subscriber_id) still binds them to one row and subscriber.
+
+-- What the applier needs from a record without decrypting anything.
+ALTER TABLE acct_records
+    ADD COLUMN session_key        bytea,
+    ADD COLUMN port_blind         bytea,
+    ADD COLUMN framed_ip_blind    bytea,
+    ADD COLUMN framed_ipv6_blind  bytea,
+    ADD COLUMN nas_port_type      bigint,
+    ADD COLUMN gigawords          boolean NOT NULL DEFAULT false,
+    ADD COLUMN has_cookie         boolean NOT NULL DEFAULT false,
+    ADD COLUMN framed_ipv6_enc    bytea;
+
+-- Records stored but not yet applied to sessions (normally for milliseconds).
+CREATE TABLE acct_pending (
+    id              uuid        PRIMARY KEY,
+    subscriber_id   bigint      NOT NULL,
+    time            timestamptz NOT NULL
+);
+CREATE INDEX acct_pending_time_idx ON acct_pending (time);
 
 CREATE TABLE sessions_active (
     id                      uuid        NOT NULL,
@@ -98,6 +121,7 @@ CREATE TABLE sessions_closed (
 ) PARTITION BY RANGE (stopped_at);
 CREATE TABLE sessions_closed_default PARTITION OF sessions_closed DEFAULT;
 CREATE INDEX sessions_closed_key_idx ON sessions_closed (session_key);
+CREATE INDEX sessions_closed_id_idx ON sessions_closed (id);
 CREATE INDEX sessions_closed_ip_idx ON sessions_closed (framed_ip_blind, stopped_at);
 CREATE INDEX sessions_closed_ipv6_idx ON sessions_closed (framed_ipv6_blind, stopped_at);
 CREATE INDEX sessions_closed_subscriber_idx ON sessions_closed (subscriber_id, stopped_at);
