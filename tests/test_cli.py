@@ -275,3 +275,19 @@ def test_database_errors_are_one_line(pg_admin_dsn: str, tmp_path: Path) -> None
         assert "secretpw" not in _one_line_error(malformed)
     finally:
         drop_database(pg_admin_dsn, name)
+
+
+def test_plan_quota_options(pg_admin_dsn: str, tmp_path: Path) -> None:
+    """--quota takes decimal sizes; a bad billing day is a one-line usage error."""
+    dsn, name = create_database(pg_admin_dsn)
+    srv = ServerProcess(tmp_path, dsn)
+    try:
+        srv.setup()
+        srv.cli("plan", "add", "capped", "--quota", "50G", "--quota-period", "day")
+        listed = srv.cli("plan", "list")
+        assert "quota_bytes=50000000000" in listed and "quota_period=day" in listed
+        bad = srv.run_cli("plan", "add", "x", "--billing-day", "31")
+        assert bad.returncode == 2
+        assert "billing day" in _one_line_error(bad)
+    finally:
+        drop_database(pg_admin_dsn, name)

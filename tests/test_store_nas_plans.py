@@ -140,3 +140,20 @@ async def test_plan_keeps_vendor_names(pg_pool: Pool) -> None:
     got = await repo.get("vend")
     assert got == added
     assert got is not None and (got.address_list, got.qos_profile) == ("paying", "gold")
+
+
+async def test_plan_quota_and_billing_cycle_round_trip(pg_pool: Pool) -> None:
+    """Quota fields are stored; the period and billing day default to cycle / 1."""
+    plans = PlanRepository(pg_pool)
+    plain = await plans.add("no-quota")
+    assert (plain.quota_bytes, plain.quota_seconds) == (None, None)
+    assert (plain.quota_period, plain.billing_day) == ("cycle", 1)
+    capped = await plans.add(
+        "capped", quota_bytes=50 * 10**9, quota_seconds=3600, quota_period="day", billing_day=15
+    )
+    assert await plans.get("capped") == capped
+    assert (capped.quota_bytes, capped.quota_seconds) == (50 * 10**9, 3600)
+    assert (capped.quota_period, capped.billing_day) == ("day", 15)
+    for bad in ({"quota_period": "week"}, {"billing_day": 29}, {"quota_bytes": 0}):
+        with pytest.raises(ValueError):
+            await plans.add("bad", **bad)  # type: ignore[arg-type]

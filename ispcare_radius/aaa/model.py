@@ -77,6 +77,13 @@ class Plan:
     # Walled-garden profile name: suspended or expired subscribers are let into
     # it instead of rejected (see docs/vendors.md for each vendor's form).
     walled_garden: str | None = None
+    # Quota per period (bytes in + out, and/or seconds): crossing it records a
+    # quota event. The period is the UTC day or the billing cycle, which starts
+    # on ``billing_day`` (1-28) of each month.
+    quota_bytes: int | None = None
+    quota_seconds: int | None = None
+    quota_period: str = "cycle"
+    billing_day: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,6 +135,10 @@ _PLAN_FIELDS = {
     "time_zone": "time_zone",
     "walled_garden": "walled_garden",
     "ipv6_address_pool": "ipv6_address_pool",
+    "quota": "quota_bytes",
+    "quota_time": "quota_seconds",
+    "quota_period": "quota_period",
+    "billing_day": "billing_day",
 }
 
 
@@ -150,7 +154,11 @@ async def _plan(store: Store, args: argparse.Namespace, config: Config) -> int:
         fields = {dst: getattr(args, src) for src, dst in _PLAN_FIELDS.items()}
         dns = _dns_ipv6(args.dns_ipv6)
         candidate = Plan(
-            id=0, name=args.name, extra_reply=tuple(args.reply), dns_ipv6=dns, **fields
+            id=0,
+            name=args.name,
+            extra_reply=tuple(args.reply),
+            dns_ipv6=dns,
+            **{k: v for k, v in fields.items() if v is not None},
         )
         try:
             ReplyRenderer(load_dictionaries(config.dictionary_dirs)).check_plan(candidate)

@@ -10,7 +10,7 @@ import ipaddress
 import math
 import sys
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from ispcare_radius.aaa.model import MacBinding, MessageAuthenticatorPolicy, SubscriberStatus
 from ispcare_radius.aaa.vendors import known_vendors
@@ -47,6 +47,33 @@ def seconds(text: str) -> int:
         raise argparse.ArgumentTypeError(f"bad number of seconds {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError("seconds must be positive")
+    return value
+
+
+_SIZE_UNITS: Final = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def byte_size(text: str) -> int:
+    """Bytes from ``500M`` / ``50G`` / ``1T`` (decimal units, as ISPs sell them)."""
+    stripped = text.strip().upper().removesuffix("B")
+    unit = stripped[-1:] if stripped[-1:] in _SIZE_UNITS else ""
+    number = stripped[: len(stripped) - len(unit)]
+    try:
+        value = int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (use e.g. 500M, 50G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("size must be positive")
+    return value
+
+
+def billing_day(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad day {text!r}") from None
+    if not 1 <= value <= 28:
+        raise argparse.ArgumentTypeError("billing day must be between 1 and 28")
     return value
 
 
@@ -103,6 +130,14 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-zone", help="IANA time zone of --login-hours (default UTC)")
     p.add_argument(
         "--walled-garden", help="profile suspended/expired subscribers are let into, not rejected"
+    )
+    p.add_argument("--quota", type=byte_size, metavar="SIZE", help="bytes per period (50G, 500M)")
+    p.add_argument("--quota-time", type=seconds, metavar="SECONDS", help="seconds per period")
+    p.add_argument(
+        "--quota-period", choices=["day", "cycle"], help="quota period (default: billing cycle)"
+    )
+    p.add_argument(
+        "--billing-day", type=billing_day, metavar="N", help="day of month (1-28) a cycle starts"
     )
     p.add_argument(
         "--dns-ipv6",

@@ -37,8 +37,15 @@ PLAN_VALUE_FIELDS: Final[tuple[str, ...]] = (
     "login_hours",
     "time_zone",
     "walled_garden",
+    "quota_bytes",
+    "quota_seconds",
+    "quota_period",
+    "billing_day",
 )
-_INT_FIELDS: Final = frozenset(PLAN_VALUE_FIELDS[:11])
+_INT_FIELDS: Final = frozenset(
+    (*PLAN_VALUE_FIELDS[:11], "quota_bytes", "quota_seconds", "billing_day")
+)
+QUOTA_PERIODS: Final = ("day", "cycle")
 PLAN_COLUMNS: Final[tuple[str, ...]] = (
     "id",
     "name",
@@ -81,6 +88,13 @@ def _check_values(values: Mapping[str, Any]) -> None:
         parse_login_hours(values["login_hours"])
     if values.get("time_zone") is not None:
         check_time_zone(values["time_zone"])
+    if values.get("quota_period") not in (None, *QUOTA_PERIODS):
+        raise ValueError("plan field quota_period must be day or cycle")
+    if values.get("billing_day") is not None and not 1 <= values["billing_day"] <= 28:
+        raise ValueError("plan field billing_day must be between 1 and 28")
+    for name in ("quota_bytes", "quota_seconds"):
+        if values.get(name) == 0:
+            raise ValueError(f"plan field {name} must be positive")
 
 
 def _dns_ipv6(servers: Sequence[str]) -> list[str]:
@@ -121,6 +135,10 @@ class PlanRepository:
         login_hours: str | None = None,
         time_zone: str | None = None,
         walled_garden: str | None = None,
+        quota_bytes: int | None = None,
+        quota_seconds: int | None = None,
+        quota_period: str | None = None,
+        billing_day: int | None = None,
     ) -> Plan:
         """Store a new plan; ValueError for a taken name or an invalid value."""
         if not name or not name.strip():
@@ -145,8 +163,15 @@ class PlanRepository:
             "login_hours": login_hours,
             "time_zone": time_zone,
             "walled_garden": walled_garden,
+            "quota_bytes": quota_bytes,
+            "quota_seconds": quota_seconds,
+            "quota_period": quota_period,
+            "billing_day": billing_day,
         }
         _check_values(values)
+        # NOT NULL columns with defaults: None means the default.
+        values["quota_period"] = quota_period or "cycle"
+        values["billing_day"] = billing_day or 1
         extra = [[str(attr), str(value)] for attr, value in extra_reply]
         if any(not attr for attr, _ in extra):
             raise ValueError("extra reply attribute names must not be empty")
