@@ -525,3 +525,15 @@ def test_advance_counts_a_wrap_only_in_a_newer_record_without_gigawords() -> Non
     assert (kept.input_octets, kept.input_wraps, delta.input_octets) == (GIB4 - 10, 0, 0)
     # Older (lower session time): nothing changes.
     assert advance(wrapped, Reading(T0, 1, 1, 100)) == (wrapped, Delta())
+
+
+async def test_a_queued_record_that_was_erased_is_only_dequeued(
+    client: Nas1, subscriber_id: int, db: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    await client.send(packet(AcctStatus.START), settle=False)
+    # Erasure or retention removed the raw record before the applier ran.
+    await db.execute("DELETE FROM acct_records")
+    assert await client.applier.drain() == 1
+    assert await db.fetchval("SELECT count(*) FROM acct_pending") == 0
+    assert await active(db) == []
+    assert client.applier.failed == 0

@@ -324,12 +324,13 @@ def _pending(row: Any) -> _Pending:
 
 # The record columns the applier reads, from the queue joined to acct_records.
 _CLAIM: Final = f"""
-SELECT r.id, r.status_type, r.nas_id, r.subscriber_id, r.time, r.event_time,
+SELECT p.id AS pending_id, r.id, r.status_type, r.nas_id, r.subscriber_id, r.time, r.event_time,
        r.input_octets, r.output_octets, r.session_time, r.gigawords, r.terminate_cause,
        r.session_key, r.session_blind, r.port_blind, r.framed_ip_blind, r.framed_ipv6_blind,
        r.nas_port_type, r.has_cookie, {", ".join(f"r.{name}_enc" for name in SEALED)}
 FROM acct_pending p
-JOIN acct_records r ON r.subscriber_id = p.subscriber_id AND r.time = p.time AND r.id = p.id
+LEFT JOIN acct_records r
+    ON r.subscriber_id = p.subscriber_id AND r.time = p.time AND r.id = p.id
 ORDER BY p.time
 LIMIT $1
 FOR UPDATE OF p SKIP LOCKED
@@ -752,18 +753,21 @@ class SessionApplier:
             rows = await conn.fetch(_CLAIM, self._batch_size)
             if not rows:
                 return 0
-            records = [_pending(r) for r in rows]
+            # A record erased (or dropped by retention) while queued has
+            # nothing left to apply: it is only dequeued.
+            records = [_pending(r) for r in rows if r["id"] is not None]
             now = self._clock()
-            if not await self._try(conn, records, now):
+            if records and not await self._try(conn, records, now):
                 for record in records:  # isolate the record that fails
                     if not await self._try(conn, [record], now):
                         self.failed += 1
                         _log.error("session_apply_failed", status=record.status)
             await conn.execute(
-                "DELETE FROM acct_pending WHERE id = ANY($1::uuid[])", [r.id for r in records]
+                "DELETE FROM acct_pending WHERE id = ANY($1::uuid[])",
+                [r["pending_id"] for r in rows],
             )
         self.applied += len(records)
-        return len(records)
+        return len(rows)
 
     async def _try(self, conn: Connection, records: list[_Pending], now: datetime) -> bool:
         try:
