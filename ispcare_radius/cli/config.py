@@ -18,6 +18,7 @@ from ispcare_radius.aaa.methods import DEFAULT_METHODS
 from ispcare_radius.aaa.methods.credentials import ScryptCost
 from ispcare_radius.aaa.outcome import SimultaneousUsePolicy, StoreFailureAction
 from ispcare_radius.aaa.pipeline import AuthSettings
+from ispcare_radius.detect.settings import DetectSettings, settings_from_toml
 from ispcare_radius.privacy.secret import Secret
 from ispcare_radius.server.settings import ServerSettings
 
@@ -91,6 +92,18 @@ class RetentionConfig:
     unknown_rejects_days: int = 7
     acct_duplicate_keys_days: int = 30
     closed_sessions_days: int = 400
+    # The raw accounting log (partitions dropped), suspicious-login flags and
+    # the audit log (batched deletes: neither is partitioned by day).
+    acct_records_days: int = 400
+    flags_days: int = 365
+    audit_log_days: int = 730
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    # Days between deactivation and erasure (crypto-shredding); 0 erases at
+    # the next run of the job.
+    erasure_grace_days: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +112,46 @@ class EventsConfig:
     flush_interval: float = 0.2
     max_queue: int = 100_000
     give_up_after: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class GeoConfig:
+    """[detect] data files: a GeoIP City/Country database, the IEEE MAC registry.
+
+    ``geoip_db`` None: logins are placed by their NAS location only.
+    ``oui_files`` None: Debian's ieee-data registries where installed; ():
+    no MAC vendor.
+    """
+
+    geoip_db: Path | None = None
+    oui_files: tuple[Path, ...] | None = None
+
+
+# The [detect] settings read here; the rest of [detect] is the rules' (detect/settings.py).
+GEO_KEYS = frozenset({"geoip_db", "oui_file"})
+
+
+def split_detect(section: Mapping[str, Any]) -> tuple[GeoConfig, dict[str, Any]]:
+    """[detect] -> (its data files, the remaining rule settings)."""
+    for key in GEO_KEYS & section.keys():
+        if not isinstance(section[key], str):
+            raise ConfigError(f"detect.{key}: wrong type")
+    geo = GeoConfig()
+    db = section.get("geoip_db", "")
+    if db:
+        path = Path(db).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"detect.geoip_db: {path} is not a file")
+        geo = GeoConfig(geoip_db=path)
+    if "oui_file" in section:
+        oui = str(section["oui_file"])
+        files = tuple(Path(p).expanduser() for p in oui.split(",") if p.strip()) if oui else ()
+        for path in files:
+            if not path.is_file():
+                raise ConfigError(f"detect.oui_file: {path} is not a file")
+        geo = GeoConfig(geoip_db=geo.geoip_db, oui_files=files)
+    rest = {k: v for k, v in section.items() if k not in GEO_KEYS}
+    return geo, rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +171,14 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    geo: GeoConfig = field(default_factory=GeoConfig)
+    # Suspicious-login rules, thresholds and actions ([detect], detect/settings.py).
+    detect: DetectSettings = field(default_factory=DetectSettings)
     nas_reload_interval: float = 60.0
+    # Server processes sharing the listening ports (SO_REUSEPORT); 1 = this process.
+    workers: int = 1
     # Work factors of the scrypt hashes ``subscriber add/set --password-hash``
     # stores (verification reads them from each stored hash).
     password_hash: ScryptCost = field(default_factory=ScryptCost)
@@ -139,6 +198,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "log_requests": (bool,),
         "reject_delay": (int, float),
         "nas_reload_interval": (int, float),
+        "workers": (int, str),
     },
     "database": {
         "dsn": (str,),
@@ -184,7 +244,11 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "unknown_rejects_days": (int,),
         "acct_duplicate_keys_days": (int,),
         "closed_sessions_days": (int,),
+        "acct_records_days": (int,),
+        "flags_days": (int,),
+        "audit_log_days": (int,),
     },
+    "privacy": {"erasure_grace_days": (int,)},
     "logging": {"level": (str,), "format": (str,)},
 }
 
@@ -218,6 +282,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _validate(doc: Mapping[str, Any]) -> None:
     for section, body in doc.items():
+        if section == "detect":
+            continue  # nested rule tables: checked by split_detect and detect.settings
         keys = _SCHEMA.get(section)
         if keys is None:
             raise ConfigError(f"unknown config section [{section}]")
@@ -365,6 +431,9 @@ def load_config(
         "retention.unknown_rejects_days": float(ret.get("unknown_rejects_days", 7)),
         "retention.acct_duplicate_keys_days": float(ret.get("acct_duplicate_keys_days", 30)),
         "retention.closed_sessions_days": float(ret.get("closed_sessions_days", 400)),
+        "retention.acct_records_days": float(ret.get("acct_records_days", 400)),
+        "retention.flags_days": float(ret.get("flags_days", 365)),
+        "retention.audit_log_days": float(ret.get("audit_log_days", 730)),
     }
     for name, value in positive.items():
         if value <= 0:
@@ -403,11 +472,56 @@ def load_config(
             unknown_rejects_days=int(positive["retention.unknown_rejects_days"]),
             acct_duplicate_keys_days=int(positive["retention.acct_duplicate_keys_days"]),
             closed_sessions_days=int(positive["retention.closed_sessions_days"]),
+            acct_records_days=int(positive["retention.acct_records_days"]),
+            flags_days=int(positive["retention.flags_days"]),
+            audit_log_days=int(positive["retention.audit_log_days"]),
         ),
+        privacy=_privacy(doc.get("privacy", {})),
         logging=LoggingConfig(level=level, format=fmt),
+        geo=_geo(doc),
+        detect=_detect(doc),
         nas_reload_interval=positive["server.nas_reload_interval"],
+        workers=_workers(srv.get("workers", 1)),
         password_hash=scrypt_cost,
     )
+
+
+MAX_WORKERS = 64
+
+
+def _workers(value: object) -> int:
+    """``[server] workers``: a count, or "auto" for one per CPU."""
+    if value == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(f'server.workers must be "auto" or a number from 1 to {MAX_WORKERS}')
+    return value
+
+
+def _privacy(section: Mapping[str, Any]) -> PrivacyConfig:
+    """[privacy]: the erasure grace, 0 to 3650 days."""
+    grace = int(section.get("erasure_grace_days", 30))
+    if not 0 <= grace <= 3650:
+        raise ConfigError("privacy.erasure_grace_days must be between 0 and 3650")
+    return PrivacyConfig(erasure_grace_days=grace)
+
+
+def _geo(doc: Mapping[str, Any]) -> GeoConfig:
+    section = doc.get("detect", {})
+    if not isinstance(section, dict):
+        raise ConfigError("[detect] must be a table")
+    return split_detect(section)[0]
+
+
+def _detect(doc: Mapping[str, Any]) -> DetectSettings:
+    """[detect] rule settings (detect/settings.py checks them), without the data files."""
+    section = doc.get("detect", {})
+    if not isinstance(section, dict):
+        raise ConfigError("[detect] must be a table")
+    try:
+        return settings_from_toml(split_detect(section)[1])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _mac_auth_password(auth: Mapping[str, Any]) -> Secret | None:

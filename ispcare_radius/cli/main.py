@@ -47,6 +47,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = _config(args)
+        if args.command == "keys" and args.action != "init":
+            from ispcare_radius.cli.keys import run_keys
+
+            return asyncio.run(run_keys(config, args))
         if args.command == "keys":
             from ispcare_radius.cli.admin import keys_init
 
@@ -54,7 +58,23 @@ def run(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from ispcare_radius.cli.serve import serve
 
+            if config.workers > 1:
+                from ispcare_radius.cli.workers import run_workers
+
+                return run_workers(config, demo=args.demo)
             return asyncio.run(serve(config, demo=args.demo))
+        if args.command == "privacy" and args.action in ("export", "inventory"):
+            from ispcare_radius.cli.privacy_export import run_privacy_export
+
+            return run_privacy_export(config, args)
+        if args.command == "privacy" and args.action == "erase-due":
+            from ispcare_radius.cli.privacy import run_privacy
+
+            return asyncio.run(run_privacy(config, args))
+        if args.command == "flags":
+            from ispcare_radius.cli.flags import run_flags
+
+            return asyncio.run(run_flags(config, args))
         if args.command == "sessions":
             from ispcare_radius.cli.sessions import run_sessions
 

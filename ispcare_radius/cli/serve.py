@@ -16,10 +16,20 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from ispcare_radius.aaa.accounting import AccountingHandler
+from ispcare_radius.aaa.logininfo import LoginProfiler
 from ispcare_radius.aaa.pipeline import AccessHandler
 from ispcare_radius.aaa.reply import ReplyRenderer
-from ispcare_radius.cli.config import AccountingConfig, Config, ConfigError
+from ispcare_radius.cli.config import (
+    AccountingConfig,
+    Config,
+    ConfigError,
+    GeoConfig,
+    RetentionConfig,
+)
 from ispcare_radius.cli.runtime import Store, load_dictionaries, open_store
+from ispcare_radius.detect.device import prepare as prepare_device_rules
+from ispcare_radius.detect.location import Locator
+from ispcare_radius.detect.state import Detector
 from ispcare_radius.privacy.logsetup import configure_logging
 from ispcare_radius.privacy.secret import typable_token
 from ispcare_radius.protocol.dictionary import Dictionary
@@ -30,6 +40,10 @@ from ispcare_radius.store.db import Pool
 from ispcare_radius.store.directory import CachedSubscriberDirectory
 from ispcare_radius.store.durable import SpoolingRecorder
 from ispcare_radius.store.events import AuthEventWriter
+from ispcare_radius.store.flags import FlagWriter, detect_keyer, rebuild
+from ispcare_radius.store.geoip import GeoDataError, GeoIpReader, default_oui_paths, load_oui
+from ispcare_radius.store.keyring import destroy_expired_epoch_keys
+from ispcare_radius.store.lifecycle import apply_row_retention, erase_due
 from ispcare_radius.store.limits import SessionLimits
 from ispcare_radius.store.partitions import apply_retention, ensure_partitions
 from ispcare_radius.store.sessions import SessionApplier, SessionTracker, close_stale
@@ -81,6 +95,31 @@ class Services:
     accounting: AccountingWriter
     spooling: SpoolingRecorder
     sessions: SessionApplier
+    # Suspicious-login detection ([detect]); None when disabled.
+    flags: FlagWriter | None = None
+    detector: Detector | None = None
+
+
+def build_profiler(geo: GeoConfig) -> LoginProfiler:
+    """The login locator and device classifier from [detect]'s data files.
+
+    A configured file that is missing, corrupt or of the wrong kind stops the
+    start with a one-line ``ConfigError``; the GeoIP database stays open
+    (memory-mapped) for the life of the process.
+    """
+    reader = None
+    if geo.geoip_db is not None:
+        try:
+            reader = GeoIpReader.open(geo.geoip_db)
+        except GeoDataError as exc:
+            raise ConfigError(f"detect.geoip_db: {exc}") from None
+    paths = default_oui_paths() if geo.oui_files is None else geo.oui_files
+    try:
+        oui = load_oui(paths) if paths else None
+    except GeoDataError as exc:
+        raise ConfigError(f"detect.oui_file: {exc}") from None
+    prepare_device_rules()
+    return LoginProfiler(Locator(reader), oui)
 
 
 async def build(config: Config, store: Store, dictionary: Dictionary) -> Services:
@@ -132,6 +171,10 @@ async def build(config: Config, store: Store, dictionary: Dictionary) -> Service
     spooling = SpoolingRecorder(accounting, spool, spool_after=config.accounting.spool_after)
     sessions = SessionApplier(store.pool, SessionTracker(store.keys.blind_index))
     accounting.on_commit = sessions.wake
+    flags = detector = None
+    if config.detect.enabled:
+        flags = FlagWriter(store.pool, store.keys.epoch, store.data_keys)
+        detector = Detector(config.detect, detect_keyer(store.keys.blind_index), flags)
     server = RadiusServer(
         config.server,
         clients,
@@ -141,13 +184,30 @@ async def build(config: Config, store: Store, dictionary: Dictionary) -> Service
             renderer=renderer,
             settings=config.auth,
             limiter=SessionLimits(store.pool, store.keys.blind_index),
+            profiler=await asyncio.to_thread(build_profiler, config.geo),
+            detector=detector,
         ),
         acct_handler=AccountingHandler(recorder=spooling, directory=directory),
     )
-    return Services(server, clients, directory, events, accounting, spooling, sessions)
+    return Services(
+        server, clients, directory, events, accounting, spooling, sessions, flags, detector
+    )
 
 
-async def serve(config: Config, *, demo: bool = False) -> int:
+def demo_message(config: Config, secret: str, password: str) -> str:
+    """What ``serve --demo`` prints: the radtest line that proves the server answers."""
+    port = config.server.auth_listen[0][1] if config.server.auth_listen else 1812
+    line = f"radtest {DEMO_USER} {password} 127.0.0.1:{port} 0 {secret}"
+    return f"Demo ready. In another terminal run:\n  {line}"
+
+
+async def prepare_demo(config: Config) -> str:
+    """Create the demo data before workers start; returns ``demo_message``."""
+    async with open_store(config, create_master_key=True) as store:
+        return demo_message(config, *await ensure_demo(store))
+
+
+async def serve(config: Config, *, demo: bool = False, worker: int | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code."""
     dictionary = load_dictionaries(config.dictionary_dirs)
     async with open_store(config, create_master_key=demo) as store:
@@ -157,15 +217,18 @@ async def serve(config: Config, *, demo: bool = False) -> int:
             level=config.logging.level,
         )
         log = structlog.get_logger("ispcare_radius")
+        if worker is not None:
+            structlog.contextvars.bind_contextvars(worker=worker)
         demo_line = None
         if demo:
-            secret, password = await ensure_demo(store)
-            port = config.server.auth_listen[0][1] if config.server.auth_listen else 1812
-            demo_line = f"radtest {DEMO_USER} {password} 127.0.0.1:{port} 0 {secret}"
+            demo_line = demo_message(config, *await ensure_demo(store))
         svc = await build(config, store, dictionary)
         await ensure_partitions(store.pool, now=datetime.now(UTC))
         await svc.directory.start_listening()
         svc.events.start()
+        if svc.detector is not None and svc.flags is not None:
+            await _rebuild_detector(store, svc.detector)
+            svc.flags.start()
         svc.spooling.start()
         svc.sessions.start()
         background = [
@@ -190,7 +253,7 @@ async def serve(config: Config, *, demo: bool = False) -> int:
                 nas=len(svc.clients),
             )
             if demo_line:
-                print(f"Demo ready. In another terminal run:\n  {demo_line}", flush=True)
+                print(demo_line, flush=True)
             await svc.server.serve_forever()
         finally:
             for task in background:
@@ -203,9 +266,32 @@ async def serve(config: Config, *, demo: bool = False) -> int:
             await svc.accounting.close()
             await svc.sessions.close()
             await svc.events.stop()
+            if svc.flags is not None:
+                await svc.flags.stop()
             await svc.directory.stop()
             log.info("stopped")
     return 0
+
+
+async def _rebuild_detector(store: Store, detector: Detector) -> None:
+    """Replay recent auth events into the detector before serving (store/flags.py).
+
+    Windows and cool-downs of the previous run come back; a failure is
+    logged and the detector starts empty rather than the server not at all.
+    """
+    log = structlog.get_logger("ispcare_radius")
+    started = time.monotonic()
+    try:
+        count = await rebuild(store.pool, detector, now=datetime.now(UTC))
+    except Exception as exc:
+        log.warning("detector_rebuild_failed", error=type(exc).__name__)
+        return
+    log.info(
+        "detector_rebuilt",
+        signals=count,
+        holds=detector.holds,
+        seconds=round(time.monotonic() - started, 2),
+    )
 
 
 def _every(interval: float, job: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
@@ -241,14 +327,64 @@ async def _maintenance(store: Store, config: Config) -> None:
             auth_events_days=retention.auth_events_days,
             unknown_rejects_days=retention.unknown_rejects_days,
             closed_sessions_days=retention.closed_sessions_days,
+            acct_records_days=retention.acct_records_days,
         )
         pruned = await prune_record_keys(
             store.pool, before=now - timedelta(days=retention.acct_duplicate_keys_days)
         )
+        deleted = await apply_row_retention(
+            store.pool,
+            now=now,
+            flags_days=retention.flags_days,
+            audit_log_days=retention.audit_log_days,
+        )
+        destroyed = await destroy_expired_epoch_keys(
+            store.pool, now=now, keep_days=epoch_keep_days(retention)
+        )
     except Exception as exc:  # rows still land in the default partitions
         log.warning("maintenance_failed", error=type(exc).__name__)
-        return
-    log.info("maintenance", partitions_dropped=len(dropped), acct_keys_pruned=pruned)
+    else:
+        log.info(
+            "maintenance",
+            partitions_dropped=len(dropped),
+            acct_keys_pruned=pruned,
+            rows_deleted=deleted,
+            epoch_keys_destroyed=len(destroyed),
+        )
+    await erase_due_subscribers(store, config, now=now)
+
+
+def epoch_keep_days(retention: RetentionConfig) -> int:
+    """How long an epoch key outlives its period: the longest retention of what it seals.
+
+    Epoch keys seal unknown-user rejects, unattributed accounting records and
+    the sessions built from them, and flags without a subscriber; once every
+    such row is past its retention the key is destroyed, and with it any copy
+    of those rows (crypto-shredding).
+    """
+    return max(
+        retention.unknown_rejects_days,
+        retention.acct_records_days,
+        retention.closed_sessions_days,
+        retention.flags_days,
+    )
+
+
+async def erase_due_subscribers(store: Store, config: Config, *, now: datetime) -> int:
+    """The erasure job (store/lifecycle.py) with the configured grace; the count erased.
+
+    A failed run is logged and the next maintenance run tries again: erasure
+    is late then, never skipped.
+    """
+    log = structlog.get_logger("ispcare_radius")
+    try:
+        report = await erase_due(
+            store.pool, store.data_keys, now=now, grace_days=config.privacy.erasure_grace_days
+        )
+    except Exception as exc:
+        log.warning("erasure_failed", error=type(exc).__name__)
+        return 0
+    return len(report.erased)
 
 
 def _utc_now() -> datetime:

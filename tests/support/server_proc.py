@@ -46,6 +46,8 @@ class ServerProcess:
     auth_port: int = field(default_factory=free_udp_port)
     acct_port: int = field(default_factory=free_udp_port)
     extra_config: str = ""
+    # Extra lines for the [server] table (TOML cannot reopen it later).
+    server_config: str = ""
     # A NAS secret for 127.0.0.1, used by the readiness probe (Status-Server).
     probe_secret: bytes = b""
     probe_host: str = "127.0.0.1"
@@ -73,6 +75,7 @@ shutdown_grace = 5
 # Short enough for radclient's 1 s timeout (tests/support/peers.py), long
 # enough to show that rejects are held back.
 reject_delay = 0.2
+{self.server_config}
 
 [database]
 dsn = "{self.dsn}"
