@@ -5,14 +5,14 @@
 # its own bulk import. Prints compare.py's per-round figures and median ratios.
 #
 #   bench/run.sh [--rounds 5] [--parallel 32] [--kinds auth,acct] [--users 100000]
-#                [--methods pap,chap,mschapv2]
+#                [--methods pap,chap,mschapv2] [--workers 1]
 #
 # Our database: $ISPCARE_BENCH_DSN if set, else an embedded PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BENCH_DIR=${BENCH_DIR:-$ROOT/../shared/bench}
-ROUNDS=5; PARALLEL=32; KINDS=auth,acct; USERS=100000; METHODS=pap,chap,mschapv2
+ROUNDS=5; PARALLEL=32; KINDS=auth,acct; USERS=100000; METHODS=pap,chap,mschapv2; WORKERS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2;;
@@ -20,6 +20,7 @@ while [ $# -gt 0 ]; do
     --kinds) KINDS=$2; shift 2;;
     --users) USERS=$2; shift 2;;
     --methods) METHODS=$2; shift 2;;   # "" skips the method comparison
+    --workers) WORKERS=$2; shift 2;;   # server processes ([server] workers)
     *) echo "bench/run.sh: unknown argument $1" >&2; exit 2;;
   esac
 done
@@ -42,6 +43,7 @@ cat > "$CFG" <<TOML
 auth_listen = ["127.0.0.1:1812"]
 acct_listen = ["127.0.0.1:1813"]
 recv_buffer_bytes = 4194304
+workers = $WORKERS
 [database]
 dsn = "${ISPCARE_BENCH_DSN:-}"
 embedded_dir = "$WORK/pgdata"
@@ -82,7 +84,7 @@ for _ in $(seq 1 120); do
   if echo "Message-Authenticator = 0x00" | radclient -q -r 1 -t 0.5 127.0.0.1:1812 status testing123 >/dev/null 2>&1; then break; fi
 done
 for _ in $(seq 1 300); do
-  grep -q '"cache_prewarm' "$WORK/server.log" && break
+  [ "$(grep -c '"cache_prewarm' "$WORK/server.log" || true)" -ge "$WORKERS" ] && break
   sleep 1
 done
 PG_PID=""

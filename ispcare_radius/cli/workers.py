@@ -51,10 +51,6 @@ def check_workers(config: Config) -> None:
     listens = (*config.server.auth_listen, *config.server.acct_listen)
     if any(port == 0 for _, port in listens):
         raise ConfigError("server.workers > 1 needs fixed ports (not 0) in auth_listen/acct_listen")
-    if not config.database.dsn:
-        raise ConfigError(
-            "server.workers > 1 needs [database] dsn: the embedded PostgreSQL serves one process"
-        )
 
 
 def _say(text: str) -> None:
@@ -81,6 +77,10 @@ class Supervisor:
             code = 1
             try:
                 code = self._run_worker(index)
+            except ConfigError as exc:
+                _say(f"worker {index}: error: {exc}")
+            except OSError as exc:  # our own messages (ports, spool): no personal values
+                _say(f"worker {index}: error: {exc.strerror or exc}")
             except BaseException as exc:  # never return into the supervisor's code
                 _say(f"worker {index}: unexpected {type(exc).__name__}")
             finally:
@@ -135,10 +135,27 @@ def run_workers(config: Config, *, demo: bool) -> int:
     from ispcare_radius.cli.serve import prepare_demo, serve
 
     check_workers(config)
-    if demo:
-        print(asyncio.run(prepare_demo(config)), flush=True)
+    embedded = None
+    if not config.database.dsn:
+        # The supervisor runs the embedded PostgreSQL for all workers, so no
+        # worker's exit can stop it under the others.
+        from ispcare_radius.store.embedded import start_embedded
 
-    def run_worker(index: int) -> int:
-        return asyncio.run(serve(worker_config(config, index), worker=index))
+        try:
+            embedded = start_embedded(config.database.embedded_dir)
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError(f"embedded PostgreSQL: {exc}") from None
+        config = dataclasses.replace(
+            config, database=dataclasses.replace(config.database, dsn=embedded.dsn)
+        )
+    try:
+        if demo:
+            print(asyncio.run(prepare_demo(config)), flush=True)
 
-    return Supervisor(config.workers, run_worker).run()
+        def run_worker(index: int) -> int:
+            return asyncio.run(serve(worker_config(config, index), worker=index))
+
+        return Supervisor(config.workers, run_worker).run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
