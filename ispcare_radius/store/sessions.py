@@ -95,6 +95,8 @@ _CLOSED_NAMES: Final = ", ".join(name for name, _ in COLUMNS + CLOSED_EXTRA)
 # Loaded for state; sealed columns are written once and never read here.
 _STATE: Final = ", ".join(name for name, _ in COLUMNS if not name.endswith("_enc"))
 
+# Fixed advisory lock id, distinct from store/migrate.py's and store/partitions.py's.
+APPLY_LOCK: Final = 0x1597_CA7E_0003
 _SESSION_STATUSES: Final = frozenset({AcctStatus.START, AcctStatus.INTERIM_UPDATE, AcctStatus.STOP})
 _NAS_WIDE: Final = frozenset({AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF})
 # Same event time: Start before Interim before Stop.
@@ -371,14 +373,11 @@ class SessionTracker:
         session_records.sort(key=_apply_order)
 
         keys = sorted({k.key for k in session_records if k.key is not None})
-        if keys:
-            # Two batches in flight may both hold records of a session not
-            # yet stored; one waits for the other's commit. Sorted, so two
-            # batches always take their locks in the same order.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
-                sorted({_lock_id(key) for key in keys}),
-            )
+        # Appliers in several processes claim different records, but two
+        # batches may hold records of one session not yet stored: they apply
+        # one after the other. One lock per transaction (not one per session:
+        # a batch of thousands would fill PostgreSQL's shared lock table).
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", APPLY_LOCK)
         starts = [k for k in session_records if k.status == AcctStatus.START]
         start_blinds = [k.session_blind for k in starts]
         start_ports = [k.port_blind for k in starts if k.port_blind is not None]
@@ -584,12 +583,6 @@ def _new_session(record: _Pending, key: bytes, terms: dict[int, PlanTerms]) -> _
         stored=False,
         sealed=dict(record.sealed),
     )
-
-
-def _lock_id(key: bytes) -> int:
-    # A 64-bit advisory lock id from the (uniformly random) key; kept clear
-    # of the fixed ids store/migrate.py and store/partitions.py use.
-    return int.from_bytes(key[:8], "big", signed=True)
 
 
 def _apply_order(record: _Pending) -> tuple[datetime, int]:
