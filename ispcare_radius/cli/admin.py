@@ -87,6 +87,8 @@ async def _nas(store: Store, args: argparse.Namespace) -> int:
                 longitude=args.longitude,
                 country=args.country,
                 city=args.city,
+                nas_type=args.nas_type,
+                pools=tuple(args.pools),
             )
         except ValueError as exc:
             die(str(exc))
@@ -103,6 +105,7 @@ async def _nas(store: Store, args: argparse.Namespace) -> int:
                     "vendor": n.vendor,
                     "ma_policy": n.ma_policy.value,
                     "coa_port": n.coa_port,
+                    "type": n.nas_type.value,
                     "location": ", ".join(x for x in (n.city, n.country) if x) or None,
                 }
                 for n in await store.nas.list()
@@ -306,6 +309,8 @@ async def _subscriber(store: Store, args: argparse.Namespace, config: Config) ->
                     changes[key] = getattr(args, opt)
             if args.mac_lock is not None:
                 changes["mac_lock"] = _mac(args.mac_lock)
+            if args.legal_hold is not None:
+                changes["legal_hold"] = args.legal_hold == "on"
             changes.update(_policy_options(args))
             for cleared in args.clear:
                 if cleared in CLEARABLE_POLICY:
@@ -328,6 +333,15 @@ async def _subscriber(store: Store, args: argparse.Namespace, config: Config) ->
         if action == "list":
             views = await repo.list(status=args.status, limit=args.limit, offset=args.offset)
             _table([_list_row(v) for v in views])
+            return 0
+        if action == "deactivate":
+            requested = await repo.deactivate(args.user_name, reason=args.reason)
+            if requested is None:
+                die("no such subscriber")
+            print(
+                f"deactivated; {requested} disconnect request(s) recorded;"
+                " erased after the grace period unless under legal hold"
+            )
             return 0
         if action == "remove":
             if not await repo.remove(args.user_name):

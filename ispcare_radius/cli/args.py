@@ -183,6 +183,12 @@ def _subscriber_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
         " clear the lock to let the next login bind again)",
     )
     p.add_argument("--account-ref", help="the billing system's account id")
+    if not adding:
+        p.add_argument(
+            "--legal-hold",
+            choices=["on", "off"],
+            help="on: keep a deactivated subscriber's data past the erasure grace (audited)",
+        )
     p.add_argument("--netmask", help="Framed-IP-Netmask of the static IP (255.255.255.248 or /29)")
     p.add_argument(
         "--route",
@@ -259,6 +265,9 @@ def build_parser() -> OneLineParser:
         dest="action", required=True, parser_class=OneLineParser
     )
     keys.add_parser("init", help="create a new master key file (mode 0400)")
+    from ispcare_radius.cli.keys import add_keys_parser
+
+    add_keys_parser(keys)
 
     nas = sub.add_parser("nas", help="NAS clients").add_subparsers(
         dest="action", required=True, parser_class=OneLineParser
@@ -274,8 +283,24 @@ def build_parser() -> OneLineParser:
     p.add_argument("--coa-port", type=int, default=3799)
     p.add_argument("--latitude", type=float)
     p.add_argument("--longitude", type=float)
-    p.add_argument("--country")
+    p.add_argument("--country", help="ISO 3166-1 alpha-2 code, e.g. GB")
     p.add_argument("--city")
+    p.add_argument(
+        "--type",
+        dest="nas_type",
+        default="pppoe",
+        choices=["pppoe", "hotspot", "vpn"],
+        help="pppoe: fixed lines, placed at the NAS location; hotspot/vpn: a public"
+        " client IP in the request is geolocated",
+    )
+    p.add_argument(
+        "--pool",
+        dest="pools",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="an address pool of this NAS, never geolocated (repeatable)",
+    )
     nas.add_parser("list", help="list NAS clients")
     p = nas.add_parser("remove", help="remove a NAS")
     p.add_argument("name")
@@ -303,6 +328,12 @@ def build_parser() -> OneLineParser:
     p.add_argument("--status", choices=[s.value for s in SubscriberStatus])
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--offset", type=int, default=0)
+    p = subs.add_parser(
+        "deactivate",
+        help="end access now: reject logins, request disconnects; erased after the grace period",
+    )
+    p.add_argument("user_name")
+    p.add_argument("--reason", help="why, for the audit log (no personal values)")
     p = subs.add_parser("remove", help="remove a subscriber and shred their data")
     p.add_argument("user_name")
     p = subs.add_parser("import", help="bulk import a CSV of subscribers")
@@ -321,6 +352,25 @@ def build_parser() -> OneLineParser:
     from ispcare_radius.cli.sessions import add_sessions_parser
 
     add_sessions_parser(sub)
+    from ispcare_radius.cli.flags import add_flags_parser
+
+    add_flags_parser(sub)
+    from ispcare_radius.cli.stats import add_stats_parser
+
+    add_stats_parser(sub)
+    from ispcare_radius.cli.feeds import add_feed_parser
+
+    add_feed_parser(sub)
+    # One ``privacy`` group: every privacy command adds its subcommands here.
+    privacy = sub.add_parser(
+        "privacy", help="personal data: export, inventory, erasure"
+    ).add_subparsers(dest="action", required=True, parser_class=OneLineParser)
+    from ispcare_radius.cli.privacy_export import add_privacy_export_parsers
+
+    add_privacy_export_parsers(privacy)
+    from ispcare_radius.cli.privacy import add_privacy_parsers
+
+    add_privacy_parsers(privacy)
     return parser
 
 

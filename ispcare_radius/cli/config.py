@@ -19,6 +19,7 @@ from ispcare_radius.aaa.methods.credentials import ScryptCost
 from ispcare_radius.aaa.outcome import SimultaneousUsePolicy, StoreFailureAction
 from ispcare_radius.aaa.pipeline import AuthSettings
 from ispcare_radius.detect.settings import DetectSettings, settings_from_toml
+from ispcare_radius.privacy.anon import StatsSettings
 from ispcare_radius.privacy.secret import Secret
 from ispcare_radius.server.settings import ServerSettings
 
@@ -182,6 +183,10 @@ class Config:
     # Work factors of the scrypt hashes ``subscriber add/set --password-hash``
     # stores (verification reads them from each stored hash).
     password_hash: ScryptCost = field(default_factory=ScryptCost)
+    # Anonymised statistics: k (never below 5) and per-subscriber caps ([stats]).
+    stats: StatsSettings = field(default_factory=StatsSettings)
+    # Feeds to billing: the outbox relay's sinks and retries ([feeds]).
+    feeds: FeedsConfig = field(default_factory=lambda: FeedsConfig())
 
 
 # section -> key -> expected Python type(s); anything else is an error.
@@ -249,7 +254,27 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "audit_log_days": (int,),
     },
     "privacy": {"erasure_grace_days": (int,)},
+    "stats": {
+        "k": (int,),
+        "max_sessions": (int,),
+        "max_bytes": (int,),
+        "max_seconds": (int,),
+        "release_delay": (int,),
+    },
     "logging": {"level": (str,), "format": (str,)},
+    "feeds": {
+        "sinks": (list,),
+        "webhook_url": (str,),
+        "webhook_secret": (str,),
+        "webhook_timeout": (int, float),
+        "max_attempts": (int,),
+        "backoff_base": (int, float),
+        "backoff_max": (int, float),
+        "batch_size": (int,),
+        "poll_interval": (int, float),
+        "ndjson_dir": (str,),
+        "keep_days": (int,),
+    },
 }
 
 
@@ -483,6 +508,8 @@ def load_config(
         nas_reload_interval=positive["server.nas_reload_interval"],
         workers=_workers(srv.get("workers", 1)),
         password_hash=scrypt_cost,
+        stats=_stats(doc.get("stats", {})),
+        feeds=feeds_config(doc.get("feeds", {}), state, env),
     )
 
 
@@ -504,6 +531,14 @@ def _privacy(section: Mapping[str, Any]) -> PrivacyConfig:
     if not 0 <= grace <= 3650:
         raise ConfigError("privacy.erasure_grace_days must be between 0 and 3650")
     return PrivacyConfig(erasure_grace_days=grace)
+
+
+def _stats(section: Mapping[str, Any]) -> StatsSettings:
+    """[stats]: k (at least 5: a lower k is refused, never clamped) and the caps."""
+    try:
+        return StatsSettings(**{k: int(v) for k, v in section.items()})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _geo(doc: Mapping[str, Any]) -> GeoConfig:
@@ -549,3 +584,62 @@ def _stale_settings(acct: Mapping[str, Any]) -> tuple[float, int, int]:
             "accounting.default_interim_interval must be between 60 and 86400 seconds"
         )
     return interval, grace, default_interim
+
+
+FEED_SINKS = ("webhook", "ndjson")
+
+
+@dataclass(frozen=True, slots=True)
+class FeedsConfig:
+    """[feeds]: where the outbox relay delivers (store/feeds.py) and how it retries.
+
+    No sink enabled: the outbox is still written, and the SQL views read.
+    """
+
+    sinks: tuple[str, ...] = ()
+    webhook_url: str | None = field(default=None, repr=False)
+    webhook_secret: Secret | None = None
+    webhook_timeout: float = 10.0
+    max_attempts: int = 12
+    backoff_base: float = 5.0
+    backoff_max: float = 3600.0
+    batch_size: int = 100
+    poll_interval: float = 5.0
+    ndjson_dir: Path = Path("feed")
+    keep_days: int = 30
+
+
+def feeds_config(section: Mapping[str, Any], state: Path, env: Mapping[str, str]) -> FeedsConfig:
+    """[feeds], checked; the secret may come from ``$ISPCARE_FEED_WEBHOOK_SECRET`` instead."""
+    sinks = tuple(str(s) for s in section.get("sinks", []))
+    for sink in sinks:
+        if sink not in FEED_SINKS:
+            raise ConfigError(f"feeds.sinks: unknown sink {sink!r} (webhook, ndjson)")
+    url = str(section.get("webhook_url", "")) or None
+    secret_text = env.get("ISPCARE_FEED_WEBHOOK_SECRET") or str(section.get("webhook_secret", ""))
+    secret = Secret(secret_text) if secret_text else None
+    if "webhook" in sinks:
+        if url is None or not url.startswith(("http://", "https://")):
+            raise ConfigError("feeds.webhook_url: an http:// or https:// URL is needed")
+        if secret is None or len(secret) < 16:
+            raise ConfigError("feeds.webhook_secret: at least 16 characters are needed")
+    config = FeedsConfig(
+        sinks=sinks,
+        webhook_url=url,
+        webhook_secret=secret,
+        webhook_timeout=float(section.get("webhook_timeout", 10.0)),
+        max_attempts=int(section.get("max_attempts", 12)),
+        backoff_base=float(section.get("backoff_base", 5.0)),
+        backoff_max=float(section.get("backoff_max", 3600.0)),
+        batch_size=int(section.get("batch_size", 100)),
+        poll_interval=float(section.get("poll_interval", 5.0)),
+        ndjson_dir=Path(section.get("ndjson_dir") or state / "feed").expanduser(),
+        keep_days=int(section.get("keep_days", 30)),
+    )
+    if min(config.webhook_timeout, config.backoff_base, config.poll_interval) <= 0:
+        raise ConfigError("feeds.webhook_timeout, backoff_base and poll_interval must be positive")
+    if config.backoff_max < config.backoff_base:
+        raise ConfigError("feeds.backoff_max must not be below feeds.backoff_base")
+    if config.max_attempts < 1 or config.batch_size < 1 or config.keep_days < 1:
+        raise ConfigError("feeds.max_attempts, batch_size and keep_days must be at least 1")
+    return config

@@ -79,6 +79,14 @@ def run(argv: Sequence[str] | None = None) -> int:
             from ispcare_radius.cli.sessions import run_sessions
 
             return asyncio.run(run_sessions(config, args))
+        if args.command == "feed":
+            from ispcare_radius.cli.feeds import run_feed
+
+            return asyncio.run(run_feed(config, args))
+        if args.command == "stats":
+            from ispcare_radius.cli.stats import run_stats
+
+            return asyncio.run(run_stats(config, args))
         from ispcare_radius.cli.admin import run_admin
 
         return asyncio.run(run_admin(config, args))

@@ -105,7 +105,11 @@ async def open_store(config: Config, *, create_master_key: bool = False) -> Asyn
                 raise ConfigError(
                     "the master key does not open this database's keys (wrong key file?)"
                 ) from None
-            data_keys = DataKeyCache(masters)
+            # After 'keys rotate' added a master key version, re-read the key
+            # file on meeting it (store/keyring.py DataKeyCache).
+            data_keys = DataKeyCache(
+                masters, reload=lambda: read_master_keys(config.master_key_file, create=False)
+            )
             yield Store(
                 pool=pool,
                 dsn=dsn,

@@ -26,6 +26,7 @@ from ispcare_radius.cli.config import (
     GeoConfig,
     RetentionConfig,
 )
+from ispcare_radius.cli.feeds import build_relay, prune_job
 from ispcare_radius.cli.runtime import Store, load_dictionaries, open_store
 from ispcare_radius.detect.device import prepare as prepare_device_rules
 from ispcare_radius.detect.location import Locator
@@ -42,7 +43,7 @@ from ispcare_radius.store.durable import SpoolingRecorder
 from ispcare_radius.store.events import AuthEventWriter
 from ispcare_radius.store.flags import FlagWriter, detect_keyer, rebuild
 from ispcare_radius.store.geoip import GeoDataError, GeoIpReader, default_oui_paths, load_oui
-from ispcare_radius.store.keyring import destroy_expired_epoch_keys
+from ispcare_radius.store.keyring import destroy_expired_epoch_keys, refresh_epoch_keys
 from ispcare_radius.store.lifecycle import apply_row_retention, erase_due
 from ispcare_radius.store.limits import SessionLimits
 from ispcare_radius.store.partitions import apply_retention, ensure_partitions
@@ -231,11 +232,18 @@ async def serve(config: Config, *, demo: bool = False, worker: int | None = None
             svc.flags.start()
         svc.spooling.start()
         svc.sessions.start()
+        relay = build_relay(store.pool, config.feeds)  # feeds to billing ([feeds] sinks)
+        if relay is not None:
+            relay.start()
         background = [
             _every(config.nas_reload_interval, lambda: _reload_nas(store, svc.clients)),
             _every(MAINTENANCE_INTERVAL, lambda: _maintenance(store, config)),
             start_stale_check(store.pool, config.accounting),
         ]
+        if relay is not None:
+            background.append(
+                _every(MAINTENANCE_INTERVAL, lambda: prune_job(store.pool, config.feeds))
+            )
         if config.cache.prewarm:
             # Serve at once; until the cache is warm, misses go to the database.
             background.append(asyncio.create_task(_prewarm(svc.directory, config)))
@@ -265,6 +273,8 @@ async def serve(config: Config, *, demo: bool = False, worker: int | None = None
             await svc.spooling.close()
             await svc.accounting.close()
             await svc.sessions.close()
+            if relay is not None:
+                await relay.close()
             await svc.events.stop()
             if svc.flags is not None:
                 await svc.flags.stop()
@@ -341,6 +351,10 @@ async def _maintenance(store: Store, config: Config) -> None:
         destroyed = await destroy_expired_epoch_keys(
             store.pool, now=now, keep_days=epoch_keep_days(retention)
         )
+        # A new primary master key (keys rotate) wraps the epoch keys made
+        # from now on; destroyed epoch keys leave this process's memory too.
+        store.data_keys.reload_masters()
+        await refresh_epoch_keys(store.pool, store.data_keys.masters, store.keys.epoch, now=now)
     except Exception as exc:  # rows still land in the default partitions
         log.warning("maintenance_failed", error=type(exc).__name__)
     else:

@@ -161,8 +161,7 @@ def wrap_key(masters: MasterKeys, data_key: bytes, *, purpose: str) -> bytes:
     """
     if len(data_key) != KEY_BYTES:
         raise ValueError(f"a data key must be {KEY_BYTES} bytes")
-    version, kek = masters.primary()
-    return FieldCipher(kek, version).seal(data_key, _wrap_aad(purpose))
+    return wrap_payload(masters, data_key, purpose=purpose)
 
 
 def unwrap_key(masters: MasterKeys, wrapped: bytes, *, purpose: str) -> bytes:
@@ -171,15 +170,30 @@ def unwrap_key(masters: MasterKeys, wrapped: bytes, *, purpose: str) -> bytes:
     Raises ``DecryptError`` (reason ``key_version``) when that version is not
     loaded, and for any tampering or a wrong ``purpose``.
     """
+    key = unwrap_payload(masters, wrapped, purpose=purpose)
+    if len(key) != KEY_BYTES:
+        raise DecryptError(DecryptFailure.BAD_KEY_LENGTH)
+    return key
+
+
+def wrap_payload(masters: MasterKeys, payload: bytes, *, purpose: str) -> bytes:
+    """``wrap_key`` for a key together with its own metadata (a key and its
+    data-key version); the caller checks the layout when unwrapping."""
+    version, kek = masters.primary()
+    return FieldCipher(kek, version).seal(payload, _wrap_aad(purpose))
+
+
+def unwrap_payload(masters: MasterKeys, wrapped: bytes, *, purpose: str) -> bytes:
+    """``unwrap_key`` without the length check: the payload ``wrap_payload`` sealed.
+
+    Also what a KEK rotation uses to re-wrap any wrapped key unchanged.
+    """
     version = key_version(wrapped)
     try:
         kek = masters.get(version)
     except KeyError:
         raise DecryptError(DecryptFailure.KEY_VERSION) from None
-    key = FieldCipher(kek, version).open(wrapped, _wrap_aad(purpose))
-    if len(key) != KEY_BYTES:
-        raise DecryptError(DecryptFailure.BAD_KEY_LENGTH)
-    return key
+    return FieldCipher(kek, version).open(wrapped, _wrap_aad(purpose))
 
 
 def wrapped_key_version(wrapped: bytes) -> int:

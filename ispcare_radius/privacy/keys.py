@@ -94,14 +94,37 @@ def add_key_version(path: Path) -> int:
         raise KeyFileError("no master key version left")
     keys = dict(current.keys)
     keys[version] = Secret(secrets.token_bytes(KEY_BYTES))
+    _replace(path, _encode(version, keys))
+    return version
+
+
+def remove_key_version(path: Path, version: int) -> None:
+    """Remove ``version`` from the key file for good (the KEK is destroyed).
+
+    Refuses the primary version. The caller checks first that nothing is
+    still wrapped under it: whatever is, becomes unreadable. The file is
+    replaced atomically; a copy of the old key survives only in backups of
+    the file itself.
+    """
+    path = Path(path)
+    current = _parse(_read_file(path), source=str(path))
+    if version not in current.keys:
+        raise KeyFileError(f"master key version {version} is not in {path}")
+    if version == current.primary_version:
+        raise KeyFileError(f"master key version {version} is the primary; rotate first")
+    keys = {v: k for v, k in current.keys.items() if v != version}
+    _replace(path, _encode(current.primary_version, keys))
+
+
+def _replace(path: Path, content: bytes) -> None:
+    """Atomically replace ``path``: a new 0400 file, fsynced, renamed over it, dir fsynced."""
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        _write_new(temp, _encode(version, keys))
+        _write_new(temp, content)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
-    return version
 
 
 def load_master_keys(path: Path | None, *, env: Mapping[str, str]) -> MasterKeys:

@@ -395,14 +395,12 @@ class CachedSubscriberDirectory:
         sid = subscriber_id
         blind = fields.blind(self._index, LookupKind.MAC_LOCK, mac)
         async with acquire(self._pool) as conn:
-            cipher = self._data_keys.cached(sid)
-            if cipher is None:
-                wrapped = await conn.fetchval(
-                    "SELECT wrapped_key FROM subscribers WHERE id = $1", sid
-                )
-                if wrapped is None:
-                    return False
-                cipher = self._data_keys.cipher(sid, bytes(wrapped))
+            # The stored key, not a cached one: a re-encryption may have replaced
+            # it; the UPDATE below only binds if it is still the same key.
+            wrapped = await conn.fetchval("SELECT wrapped_key FROM subscribers WHERE id = $1", sid)
+            if wrapped is None:
+                return False
+            cipher = self._data_keys.cipher(sid, bytes(wrapped))
             sealed = fields.seal(cipher, Column.MAC_LOCK, sid, mac)
             bound = False
             try:
@@ -411,9 +409,10 @@ class CachedSubscriberDirectory:
                         await conn.fetchval(
                             "UPDATE subscribers SET mac_lock_enc = $2, updated_at = now()"
                             " WHERE id = $1 AND mac_binding = 'first_login'"
-                            " AND mac_lock_enc IS NULL RETURNING true",
+                            " AND mac_lock_enc IS NULL AND wrapped_key = $3 RETURNING true",
                             sid,
                             sealed,
+                            bytes(wrapped),
                         )
                         or False
                     )

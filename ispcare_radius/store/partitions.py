@@ -127,16 +127,21 @@ async def apply_retention(
     auth_events_days: int = 180,
     unknown_rejects_days: int = 7,
     closed_sessions_days: int = 400,
+    acct_records_days: int | None = None,
 ) -> list[str]:
     """Drop what is older than its retention: auth events, unknown-user rejects, closed sessions.
 
     A partition goes once its whole day is older than ``now - days``; rows
     of that age still in a DEFAULT partition are deleted. Closed sessions
     are kept by when they ended, over a year by default: ISPs answer billing
-    disputes and lawful requests from them. Returns the partitions dropped,
-    sorted. Meant for a daily task.
+    disputes and lawful requests from them. ``acct_records_days`` is the
+    raw accounting log's (None keeps it; the config's default is 400): once
+    applied, its records live on only as sessions and usage, and a record
+    still queued for the session applier is dequeued unapplied. Returns the
+    partitions dropped, sorted. Meant for a daily task.
     """
-    if min(auth_events_days, unknown_rejects_days, closed_sessions_days) < 1:
+    days = [auth_events_days, unknown_rejects_days, closed_sessions_days]
+    if min(days + ([] if acct_records_days is None else [acct_records_days])) < 1:
         raise ValueError("retention must be at least one day")
     moment = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
     dropped = await drop_partitions_before(
@@ -148,4 +153,8 @@ async def apply_retention(
     dropped += await drop_partitions_before(
         pool, "sessions_closed", before=moment - timedelta(days=closed_sessions_days)
     )
+    if acct_records_days is not None:
+        dropped += await drop_partitions_before(
+            pool, "acct_records", before=moment - timedelta(days=acct_records_days)
+        )
     return sorted(dropped)

@@ -28,6 +28,7 @@ from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store import fields
 from ispcare_radius.store.db import Connection, Pool, acquire
+from ispcare_radius.store.feeds import enqueue_status
 from ispcare_radius.store.fields import Column, LookupKind
 from ispcare_radius.store.importer import ImportRow, import_subscribers
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
@@ -47,7 +48,8 @@ _VIEW_SELECT: Final = (
     "SELECT s.id, s.status, s.expires_at, s.account_ref, s.wrapped_key, s.user_name_enc,"
     " s.password_enc IS NOT NULL AS has_password, s.static_ipv4_enc, s.static_ipv6_enc,"
     " s.nt_hash_enc IS NOT NULL AS has_nt_hash, s.slow_hash_enc IS NOT NULL AS has_slow_hash,"
-    " s.mac_binding, s.mac_lock_enc, s.created_at, s.updated_at, p.name AS plan_name, "
+    " s.mac_binding, s.mac_lock_enc, s.created_at, s.updated_at, p.name AS plan_name,"
+    " s.legal_hold, s.deactivated_at, "
     + fields.policy_select("s")
     + " FROM subscribers s LEFT JOIN plans p ON p.id = s.plan_id"
 )
@@ -87,6 +89,9 @@ class SubscriberView:
     mac_binding: MacBinding = MacBinding.OFF
     # The password methods that can work with the credentials held.
     methods: tuple[str, ...] = ()
+    # Lifecycle (migration 0011): a legal hold blocks erasure after deactivation.
+    legal_hold: bool = False
+    deactivated_at: datetime | None = None
 
 
 _SEALED: Final = {
@@ -205,6 +210,48 @@ async def audit(
     )
 
 
+# disconnect_requests.reason of sessions ended by a deactivation.
+DEACTIVATED_REASON: Final = "deactivated"
+
+# Every live session of the subscriber, and every login accepted moments ago
+# whose Start has not arrived yet (its reservation key is the key its session
+# will have, see store/limits.py): the provisioning side sends each a
+# Disconnect-Request (RFC 5176 section 3). A session already asked to leave
+# keeps its one pending request.
+_DISCONNECT_ALL: Final = """
+INSERT INTO disconnect_requests (subscriber_id, session_key, reason, requested_at)
+SELECT $1, k.session_key, $2, now() FROM (
+    SELECT session_key FROM sessions_active WHERE subscriber_id = $1
+    UNION
+    SELECT session_key FROM session_reservations WHERE subscriber_id = $1 AND expires_at > now()
+) k
+ON CONFLICT (session_key) WHERE handled_at IS NULL DO NOTHING
+"""
+
+
+async def request_disconnects(conn: Connection, subscriber_id: int) -> int:
+    """Record a disconnect request (reason ``deactivated``) for each live session; the count."""
+    status = await conn.execute(_DISCONNECT_ALL, subscriber_id, DEACTIVATED_REASON)
+    return int(status.split()[-1])
+
+
+async def _deactivation_changes(
+    conn: Connection, current: str, state: SubscriberStatus
+) -> dict[str, Any]:
+    """deactivated_at for a status change: set on deactivation, cleared on any other status.
+
+    The erasure grace (store/lifecycle.py) counts from it; a subscriber
+    already deactivated keeps the time of the first deactivation.
+    """
+    if state is SubscriberStatus.DEACTIVATED:
+        if current == SubscriberStatus.DEACTIVATED.value:
+            return {}
+        return {"deactivated_at": await conn.fetchval("SELECT now()")}
+    if current == SubscriberStatus.DEACTIVATED.value:
+        return {"deactivated_at": None}
+    return {}
+
+
 async def plan_id_by_name(conn: Connection, name: str | None) -> int | None:
     """The id of plan ``name`` (None for None); ValueError if there is none."""
     if name is None:
@@ -272,7 +319,7 @@ class SubscriberRepository:
     ) -> asyncpg.Record | None:
         suffix = " FOR UPDATE OF s" if lock else ""
         record = await conn.fetchrow(
-            "SELECT s.id, s.wrapped_key, s.user_name_enc, s.mac_binding,"
+            "SELECT s.id, s.wrapped_key, s.user_name_enc, s.mac_binding, s.status,"
             " s.mac_lock_enc IS NOT NULL AS has_lock,"
             " s.password_enc IS NOT NULL AS has_password,"
             " s.nt_hash_enc IS NOT NULL AS has_nt_hash,"
@@ -432,6 +479,8 @@ class SubscriberRepository:
             has_nt_hash=bool(record["has_nt_hash"]),
             has_slow_hash=bool(record["has_slow_hash"]),
             mac_binding=MacBinding(record["mac_binding"]),
+            legal_hold=bool(record["legal_hold"]),
+            deactivated_at=record["deactivated_at"],
             methods=methods_for(
                 form
                 for form, held in (
@@ -468,6 +517,7 @@ class SubscriberRepository:
         nt_hash: str | Literal[_Unset.UNSET] | None = UNSET,
         password_hash: str | Literal[_Unset.UNSET] | None = UNSET,
         mac_binding: str | Literal[_Unset.UNSET] = UNSET,
+        legal_hold: bool | Literal[_Unset.UNSET] = UNSET,
     ) -> bool:
         """Change the given fields (None clears); False if there is no such user.
 
@@ -476,7 +526,9 @@ class SubscriberRepository:
         Giving any of ``password``, ``nt_hash`` and ``password_hash`` replaces
         all three: a form not given is cleared, so no credential of an old
         password outlives a change. ``mac_binding`` follows
-        ``resolve_mac_binding``; ``off`` clears the lock.
+        ``resolve_mac_binding``; ``off`` clears the lock. ``status``
+        deactivated does what ``deactivate`` does; another status clears the
+        deactivation time. ``legal_hold`` True blocks erasure.
 
         After the change a NOTIFY on ``ispcare_subscriber_changed`` tells
         caches to drop the entry.
@@ -523,6 +575,9 @@ class SubscriberRepository:
                 changes["plan_id"] = await plan_id_by_name(conn, plan)
             if state is not None:
                 changes["status"] = state.value
+                changes.update(await _deactivation_changes(conn, found["status"], state))
+            if legal_hold is not UNSET:
+                changes["legal_hold"] = bool(legal_hold)
             if expires_at is not UNSET:
                 changes["expires_at"] = expires_at
             if account_ref is not UNSET:
@@ -554,10 +609,46 @@ class SubscriberRepository:
             if not changes:
                 return True
             await _update(conn, sid, changes)
-            detail = {"fields": sorted(c.removesuffix("_enc").removesuffix("_id") for c in changes)}
+            if state is not None:  # billing hears of a status change (none if unchanged)
+                await enqueue_status(conn, sid, found["status"])
+            detail: dict[str, Any] = {
+                "fields": sorted(c.removesuffix("_enc").removesuffix("_id") for c in changes)
+            }
+            if legal_hold is not UNSET:
+                detail["legal_hold"] = bool(legal_hold)
+            if state is SubscriberStatus.DEACTIVATED:
+                detail["disconnect_requests"] = await request_disconnects(conn, sid)
             await audit(conn, self._actor, "subscriber.set", sid, detail)
             await notify_changed(conn, sid)
         return True
+
+    async def deactivate(self, user_name: str, *, reason: str | None = None) -> int | None:
+        """Deactivate a subscriber: access ends at once; None if there is no such user.
+
+        In one transaction: status deactivated (the pipeline rejects it,
+        outcome ``deactivated``), deactivated_at set unless already
+        deactivated, a disconnect request for each live session (the count
+        is returned), an audit row carrying ``reason`` (an operator's
+        reference, never a personal value) and the change hint that evicts
+        the subscriber from every process's cache as the transaction commits.
+        """
+        async with acquire(self._pool) as conn, conn.transaction():
+            found = await self._locate(conn, user_name, lock=True)
+            if found is None:
+                return None
+            sid = int(found["id"])
+            state = SubscriberStatus.DEACTIVATED
+            changes = {"status": state.value}
+            changes.update(await _deactivation_changes(conn, found["status"], state))
+            await _update(conn, sid, changes)
+            await enqueue_status(conn, sid, found["status"])
+            requested = await request_disconnects(conn, sid)
+            detail: dict[str, Any] = {"disconnect_requests": requested}
+            if reason:
+                detail["reason"] = reason
+            await audit(conn, self._actor, "subscriber.deactivate", sid, detail)
+            await notify_changed(conn, sid)
+        return requested
 
     async def _replace_lookup(
         self, conn: Connection, kind: LookupKind, value: bytes | None, subscriber_id: int
@@ -571,17 +662,18 @@ class SubscriberRepository:
             await self._insert_lookup(conn, kind, value, subscriber_id)
 
     async def remove(self, user_name: str) -> bool:
-        """Erase a subscriber: row, lookups and auth events; the data key goes with the row."""
+        """Erase a subscriber now: the same rows as the erasure job (store/lifecycle.py)
+        go or are stripped, and the data key goes with the row; no grace, no tombstone.
+        """
+        # Imported here: lifecycle builds on this module (audit, change hints).
+        from ispcare_radius.store.lifecycle import erase_rows
+
         async with acquire(self._pool) as conn, conn.transaction():
             found = await self._locate(conn, user_name, lock=True)
             if found is None:
                 return False
             sid = int(found["id"])
-            await conn.execute("DELETE FROM subscriber_lookup WHERE subscriber_id = $1", sid)
-            await conn.execute("DELETE FROM auth_events WHERE subscriber_id = $1", sid)
-            # Their accounting records are sealed under the key destroyed below;
-            # the rows go too, as the privacy policy promises.
-            await conn.execute("DELETE FROM acct_records WHERE subscriber_id = $1", sid)
+            await erase_rows(conn, sid)
             await conn.execute("DELETE FROM subscribers WHERE id = $1", sid)
             await audit(conn, self._actor, "subscriber.remove", sid, {})
             await notify_changed(conn, sid)

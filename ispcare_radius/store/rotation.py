@@ -1,0 +1,685 @@
+"""KEK rotation, data-key re-encryption, KEK retirement checks and key status.
+
+Imports privacy and store; never server or cli. DESIGN.md section 5: a KEK
+rotation re-wraps every wrapped key under the primary master key (the data
+stays as it is); a data-key re-encryption gives each subscriber a new data
+key and re-seals every value sealed with the old one, in every table. Both
+work in batches that commit one by one and pick up where a stopped run left
+off; the server keeps serving meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import asyncpg
+
+from ispcare_radius.privacy.crypto import (
+    DecryptError,
+    FieldCipher,
+    field_aad,
+    key_version,
+    unwrap_payload,
+    wrap_payload,
+)
+from ispcare_radius.privacy.keys import MasterKeys
+from ispcare_radius.privacy.logsetup import get_logger
+from ispcare_radius.store import fields
+from ispcare_radius.store.accounting import record_aad
+from ispcare_radius.store.db import Connection, Pool, acquire
+from ispcare_radius.store.devices import device_aad
+from ispcare_radius.store.events import KNOWN_TABLE, UNKNOWN_TABLE, event_aad
+from ispcare_radius.store.keyring import (
+    EpochCipher,
+    epoch_key_purpose,
+    new_wrapped_data_key,
+    subscriber_key_purpose,
+    unwrap_data_key,
+)
+from ispcare_radius.store.session_keys import session_aad
+from ispcare_radius.store.sessions import SEALED as SESSION_SEALED
+from ispcare_radius.store.subscribers import audit, notify_changed
+
+_log = get_logger(__name__)
+
+Progress = Callable[[int], None]
+
+# A re-encryption waits at most this long for a row another transaction
+# holds (an accounting batch, the session applier), then leaves the
+# subscriber for a later pass instead of stalling behind it.
+_LOCK_TIMEOUT: Final = "2s"
+_UPDATE_CHUNK: Final = 1000
+
+
+def _no_progress(_: int) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SealedTable:
+    """A table whose ``<column>_enc`` values are sealed with the data key of the
+    row's ``subscriber_id``; ``keys`` (name, SQL type) address one row of a
+    subscriber, ``aad`` gives a value's associated data from (row, column,
+    subscriber id)."""
+
+    table: str
+    keys: tuple[tuple[str, str], ...]
+    columns: tuple[str, ...]
+    aad: Callable[[Any, str, int], bytes]
+    select: tuple[str, ...] = ()  # more columns the aad needs
+
+
+def _flag_aad(row: Any, column: str, sid: int) -> bytes:
+    # The flag's natural key (store.flags.row_key), imported here so that the
+    # detection code loads only where flags exist.
+    from ispcare_radius.store.flags import TABLE, row_key
+
+    key = row_key(row["rule"], row["subject_kind"], bytes(row["subject"]), row["bucket"])
+    return field_aad(TABLE, column, key, sid or None)
+
+
+# Every table holding values sealed with a subscriber's data key, besides
+# subscribers itself. tests/test_keys_rotation.py checks the schema against
+# this list and OTHER_SEALED: a new sealed column must be added to one.
+SUBSCRIBER_TABLES: Final[tuple[SealedTable, ...]] = (
+    SealedTable(
+        "devices",
+        (("id", "uuid"),),
+        ("mac",),
+        lambda r, c, sid: device_aad(str(r["id"]), sid),
+    ),
+    SealedTable(
+        KNOWN_TABLE,
+        (("time", "timestamptz"), ("id", "uuid")),
+        ("user_name", "calling_station_id", "nas_ip"),
+        lambda r, c, sid: event_aad(KNOWN_TABLE, c, r["id"], sid),
+    ),
+    SealedTable(
+        "acct_records",
+        (("time", "timestamptz"), ("id", "uuid")),
+        SESSION_SEALED,
+        lambda r, c, sid: record_aad(c, r["id"], sid),
+    ),
+    # Copies of acct_records ciphertexts, bound to the record (session_aad).
+    SealedTable(
+        "sessions_active",
+        (("session_key", "bytea"), ("id", "uuid")),
+        SESSION_SEALED,
+        lambda r, c, sid: session_aad(c, r["id"], sid),
+    ),
+    SealedTable(
+        "sessions_closed",
+        (("stopped_at", "timestamptz"), ("id", "uuid")),
+        SESSION_SEALED,
+        lambda r, c, sid: session_aad(c, r["id"], sid),
+    ),
+    SealedTable(
+        "flags",
+        (("id", "bigint"),),
+        ("evidence", "note"),
+        _flag_aad,
+        select=("rule", "subject_kind", "subject", "bucket"),
+    ),
+)
+# Sealed columns not under a subscriber's data key, and what seals them.
+OTHER_SEALED: Final[dict[tuple[str, str], str]] = {
+    ("nas", "secret_enc"): "system key 'nas'",
+    ("auth_rejects_unknown", "user_name_enc"): "epoch keys",
+    ("auth_rejects_unknown", "calling_station_id_enc"): "epoch keys",
+    ("auth_rejects_unknown", "nas_ip_enc"): "epoch keys",
+}
+
+
+# --- KEK rotation: re-wrap ----------------------------------------------------
+
+
+@dataclass(slots=True)
+class RewrapReport:
+    """What one re-wrap pass did; ``remaining`` wrapped keys still not under the primary."""
+
+    primary: int
+    system_keys: int = 0
+    epoch_keys: int = 0
+    subscribers: int = 0
+    failed: list[int] = field(default_factory=list)
+    remaining: int = 0
+
+
+def _rewrap(masters: MasterKeys, wrapped: bytes, purpose: str) -> bytes:
+    """``wrapped`` under the primary master key, its payload unchanged."""
+    return wrap_payload(masters, unwrap_payload(masters, wrapped, purpose=purpose), purpose=purpose)
+
+
+async def _rewrap_small_tables(conn: Connection, masters: MasterKeys) -> tuple[int, int]:
+    primary = masters.primary_version
+    async with conn.transaction():
+        done_system = 0
+        rows = await conn.fetch(
+            "SELECT name, version, wrapped FROM system_keys WHERE kek_version <> $1 FOR UPDATE",
+            primary,
+        )
+        for row in rows:
+            wrapped = _rewrap(masters, bytes(row["wrapped"]), f"system:{row['name']}")
+            await conn.execute(
+                "UPDATE system_keys SET wrapped = $3 WHERE name = $1 AND version = $2",
+                row["name"],
+                row["version"],
+                wrapped,
+            )
+            done_system += 1
+        rows = await conn.fetch(
+            "SELECT version, period, wrapped FROM epoch_keys WHERE kek_version <> $1 FOR UPDATE",
+            primary,
+        )
+        for row in rows:
+            purpose = epoch_key_purpose(str(row["period"]))
+            wrapped = _rewrap(masters, bytes(row["wrapped"]), purpose)
+            await conn.execute(
+                "UPDATE epoch_keys SET wrapped = $2 WHERE version = $1", row["version"], wrapped
+            )
+        return done_system, len(rows)
+
+
+async def rewrap_all(
+    pool: Pool,
+    masters: MasterKeys,
+    *,
+    batch_size: int = 1000,
+    progress: Progress = _no_progress,
+    actor: str = "system",
+) -> RewrapReport:
+    """Re-wrap every system, epoch and subscriber data key not yet under the primary
+    master key, the subscribers in batches of ``batch_size`` (one commit each).
+
+    The data keys themselves do not change, so values stay as they are and a
+    server holding the old wrapping keeps sealing correctly. Rows are taken
+    ``FOR NO KEY UPDATE SKIP LOCKED``: writers' ``FOR KEY SHARE`` does not
+    wait, and two runs share the work. Stopped at any point, the next run
+    carries on with the rows still under an older version. A key that will
+    not unwrap is left as it is and reported (``failed``).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    primary = masters.primary_version
+    report = RewrapReport(primary=primary)
+    async with acquire(pool) as conn:
+        report.system_keys, report.epoch_keys = await _rewrap_small_tables(conn, masters)
+        await audit(
+            conn, actor, "keys.rotate_start", None, {"primary": primary, "batch": batch_size}
+        )
+        after = 0
+        failed: set[int] = set()
+        while True:
+            async with conn.transaction():
+                rows = await conn.fetch(
+                    "SELECT id, wrapped_key FROM subscribers WHERE kek_version <> $1 AND id > $2"
+                    " ORDER BY id LIMIT $3 FOR NO KEY UPDATE SKIP LOCKED",
+                    primary,
+                    after,
+                    batch_size,
+                )
+                if not rows:
+                    break
+                after = int(rows[-1]["id"])
+                ids: list[int] = []
+                blobs: list[bytes] = []
+                for row in rows:
+                    sid = int(row["id"])
+                    try:
+                        blobs.append(
+                            _rewrap(masters, bytes(row["wrapped_key"]), subscriber_key_purpose(sid))
+                        )
+                    except DecryptError as exc:
+                        _log.error("rewrap_failed", subscriber_id=sid, reason=exc.reason.value)
+                        failed.add(sid)
+                        continue
+                    ids.append(sid)
+                # updated_at stays: no value changed, caches need not reload.
+                await conn.execute(
+                    "UPDATE subscribers s SET wrapped_key = v.wrapped, kek_version = $3"
+                    " FROM unnest($1::bigint[], $2::bytea[]) AS v(id, wrapped) WHERE s.id = v.id",
+                    ids,
+                    blobs,
+                    primary,
+                )
+            report.subscribers += len(ids)
+            progress(len(ids))
+        report.failed = sorted(failed)
+        report.remaining = int(
+            await conn.fetchval(
+                "SELECT (SELECT count(*) FROM subscribers WHERE kek_version <> $1)"
+                " + (SELECT count(*) FROM system_keys WHERE kek_version <> $1)"
+                " + (SELECT count(*) FROM epoch_keys WHERE kek_version <> $1)",
+                primary,
+            )
+        )
+        await audit(
+            conn,
+            actor,
+            "keys.rotate",
+            None,
+            {
+                "primary": primary,
+                "subscribers": report.subscribers,
+                "system_keys": report.system_keys,
+                "epoch_keys": report.epoch_keys,
+                "failed": len(report.failed),
+                "remaining": report.remaining,
+            },
+        )
+    return report
+
+
+async def unfinished_rotation(pool: Pool, primary: int) -> int:
+    """How many wrapped keys in the database are not under ``primary``."""
+    async with acquire(pool) as conn:
+        return int(
+            await conn.fetchval(
+                "SELECT (SELECT count(*) FROM subscribers WHERE kek_version <> $1)"
+                " + (SELECT count(*) FROM system_keys WHERE kek_version <> $1)"
+                " + (SELECT count(*) FROM epoch_keys WHERE kek_version <> $1)",
+                primary,
+            )
+        )
+
+
+# --- KEK retirement -----------------------------------------------------------
+
+
+async def kek_usage(pool: Pool, version: int) -> dict[str, int]:
+    """What in the database is still wrapped under master key ``version``."""
+    async with acquire(pool) as conn:
+        row = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM subscribers WHERE kek_version = $1) AS data_keys,"
+            " (SELECT count(*) FROM system_keys WHERE kek_version = $1) AS system_keys,"
+            " (SELECT count(*) FROM epoch_keys WHERE kek_version = $1) AS epoch_keys",
+            version,
+        )
+    assert row is not None
+    return {name: int(row[name]) for name in ("data_keys", "system_keys", "epoch_keys")}
+
+
+async def audit_retire(pool: Pool, version: int, *, actor: str = "system") -> None:
+    """Record that master key ``version`` was destroyed."""
+    async with acquire(pool) as conn:
+        await audit(conn, actor, "keys.retire", None, {"kek_version": version})
+
+
+# --- data-key re-encryption ---------------------------------------------------
+
+
+@dataclass(slots=True)
+class ReencryptReport:
+    """One re-encryption run: subscribers given a new key, values re-sealed,
+    subscribers left for a later run (locked, or a value that would not open)."""
+
+    subscribers: int = 0
+    values: int = 0
+    skipped: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    pending: int = 0
+
+
+async def start_reencrypt(
+    pool: Pool, *, subscriber_ids: Sequence[int] | None = None, actor: str = "system"
+) -> tuple[int, bool]:
+    """Mark subscribers for a new data key; (pending count, whether a run was resumed).
+
+    With rows still marked from a run that stopped, nothing new is marked:
+    the run is resumed. Otherwise every subscriber (or ``subscriber_ids``) is
+    marked. Subscribers added later get a fresh key anyway.
+    """
+    async with acquire(pool) as conn, conn.transaction():
+        pending = int(
+            await conn.fetchval("SELECT count(*) FROM subscribers WHERE reencrypt_pending")
+        )
+        if pending:
+            return pending, True
+        if subscriber_ids is None:
+            status = await conn.execute(
+                "UPDATE subscribers SET reencrypt_pending = true WHERE NOT reencrypt_pending"
+            )
+        else:
+            status = await conn.execute(
+                "UPDATE subscribers SET reencrypt_pending = true WHERE id = ANY($1::bigint[])",
+                list(subscriber_ids),
+            )
+        marked = int(status.split()[-1])
+        await audit(conn, actor, "keys.reencrypt_start", None, {"subscribers": marked})
+        return marked, False
+
+
+def _reseal(old: FieldCipher, new: FieldCipher, blob: Any, aad: bytes) -> bytes | None:
+    if blob is None:
+        return None
+    return new.seal(old.open(bytes(blob), aad), aad)
+
+
+async def _table_exists(conn: Connection, table: str) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table))
+
+
+async def _reseal_table(
+    conn: Connection, spec: SealedTable, sid: int, old: FieldCipher, new: FieldCipher
+) -> int:
+    names = [k for k, _ in spec.keys]
+    wanted = list(dict.fromkeys([*names, *spec.select]))
+    enc = [f"{c}_enc" for c in spec.columns]
+    rows = await conn.fetch(
+        f"SELECT {', '.join(wanted + enc)} FROM {spec.table} WHERE subscriber_id = $1 FOR UPDATE",
+        sid,
+    )
+    count = 0
+    for start in range(0, len(rows), _UPDATE_CHUNK):
+        chunk = rows[start : start + _UPDATE_CHUNK]
+        key_values = [[r[k] for r in chunk] for k in names]
+        sealed: list[list[bytes | None]] = []
+        for column in spec.columns:
+            values = [
+                _reseal(old, new, r[f"{column}_enc"], spec.aad(r, column, sid)) for r in chunk
+            ]
+            count += sum(v is not None for v in values)
+            sealed.append(values)
+        params = [*key_values, *sealed]
+        arrays = ", ".join(
+            f"${i + 2}::{kind}[]"
+            for i, kind in enumerate([t for _, t in spec.keys] + ["bytea"] * len(enc))
+        )
+        alias = ", ".join([f"k_{k}" for k in names] + [f"v_{c}" for c in enc])
+        sets = ", ".join(f"{c} = v.v_{c}" for c in enc)
+        match = " AND ".join(f"t.{k} = v.k_{k}" for k in names)
+        await conn.execute(
+            f"UPDATE {spec.table} t SET {sets} FROM unnest({arrays}) AS v({alias})"
+            f" WHERE t.subscriber_id = $1 AND {match}",
+            sid,
+            *params,
+        )
+    return count
+
+
+async def _reencrypt_one(
+    conn: Connection, masters: MasterKeys, row: Any, tables: Sequence[SealedTable]
+) -> int:
+    """Give one locked subscriber row a new data key and re-seal all their values."""
+    sid = int(row["id"])
+    old = unwrap_data_key(masters, sid, bytes(row["wrapped_key"]))
+    wrapped, new = new_wrapped_data_key(masters, sid, int(row["data_key_version"]) + 1)
+    # Queued records first, as erasure does: the session applier holds them
+    # while it copies their ciphertexts into sessions, so once they are ours
+    # every copy made from an old ciphertext is committed and re-sealed below.
+    await conn.execute("SELECT 1 FROM acct_pending WHERE subscriber_id = $1 FOR UPDATE", sid)
+    count = 0
+    for spec in tables:
+        count += await _reseal_table(conn, spec, sid, old, new)
+    enc = [f"{c.value}_enc" for c in fields.Column]
+    values = [
+        _reseal(old, new, row[name], fields.aad(column, sid))
+        for name, column in zip(enc, fields.Column, strict=True)
+    ]
+    count += sum(v is not None for v in values)
+    sets = ", ".join(f"{name} = ${i + 5}" for i, name in enumerate(enc))
+    await conn.execute(
+        f"UPDATE subscribers SET wrapped_key = $2, kek_version = $3, data_key_version = $4,"
+        f" {sets}, reencrypt_pending = false, updated_at = now() WHERE id = $1",
+        sid,
+        wrapped,
+        masters.primary_version,
+        new.version,
+        *values,
+    )
+    await notify_changed(conn, sid)
+    return count
+
+
+async def reencrypt_pending(
+    pool: Pool,
+    masters: MasterKeys,
+    *,
+    batch_size: int = 20,
+    limit: int | None = None,
+    progress: Progress = _no_progress,
+    actor: str = "system",
+) -> ReencryptReport:
+    """Re-encrypt the subscribers marked by ``start_reencrypt``, ``batch_size`` per
+    transaction, at most ``limit`` of them (None: all); see the module docstring.
+
+    Each subscriber row is locked ``FOR UPDATE``: accounting, auth-event and
+    flag writers lock it ``FOR KEY SHARE`` (keyring.live_subscriber_ciphers)
+    and operator changes ``FOR UPDATE``, so a write either commits before the
+    re-encryption reads the rows (and is re-sealed) or waits and then seals
+    with the new key. A subscriber whose rows another transaction holds past
+    the lock timeout, or with a value that will not open, stays marked and is
+    reported; the next run retries it.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    report = ReencryptReport()
+    enc = ", ".join(f"{c.value}_enc" for c in fields.Column)
+    async with acquire(pool) as conn:
+        tables = [t for t in SUBSCRIBER_TABLES if await _table_exists(conn, t.table)]
+        after = 0
+        skipped: set[int] = set()
+        failed: set[int] = set()
+        while limit is None or report.subscribers < limit:
+            take = batch_size if limit is None else min(batch_size, limit - report.subscribers)
+            done_here = 0
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
+                rows = await conn.fetch(
+                    f"SELECT id, wrapped_key, data_key_version, {enc} FROM subscribers"
+                    " WHERE reencrypt_pending AND id > $1 ORDER BY id LIMIT $2"
+                    " FOR UPDATE SKIP LOCKED",
+                    after,
+                    take,
+                )
+                if not rows:
+                    break
+                after = int(rows[-1]["id"])
+                for row in rows:
+                    sid = int(row["id"])
+                    try:
+                        async with conn.transaction():  # savepoint: one subscriber at a time
+                            report.values += await _reencrypt_one(conn, masters, row, tables)
+                    except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+                        skipped.add(sid)
+                        continue
+                    except DecryptError as exc:
+                        _log.error("reencrypt_failed", subscriber_id=sid, reason=exc.reason.value)
+                        failed.add(sid)
+                        continue
+                    done_here += 1
+            report.subscribers += done_here
+            progress(done_here)
+        report.skipped = sorted(skipped)
+        report.failed = sorted(failed)
+        report.pending = int(
+            await conn.fetchval("SELECT count(*) FROM subscribers WHERE reencrypt_pending")
+        )
+        await audit(
+            conn,
+            actor,
+            "keys.reencrypt",
+            None,
+            {
+                "subscribers": report.subscribers,
+                "values": report.values,
+                "skipped": len(report.skipped),
+                "failed": len(report.failed),
+                "pending": report.pending,
+            },
+        )
+    return report
+
+
+# --- epoch re-encryption --------------------------------------------------------
+
+# Epoch-sealed rows: (table spec, the rows that hold epoch data). The aad gets
+# subscriber id 0; auth_rejects_unknown binds None, as its writer does.
+EPOCH_TABLES: Final[tuple[tuple[SealedTable, str], ...]] = (
+    (
+        SealedTable(
+            UNKNOWN_TABLE,
+            (("time", "timestamptz"), ("id", "uuid")),
+            ("user_name", "calling_station_id", "nas_ip"),
+            lambda r, c, _: event_aad(UNKNOWN_TABLE, c, r["id"], None),
+        ),
+        "true",
+    ),
+    *((spec, "subscriber_id = 0") for spec in SUBSCRIBER_TABLES if spec.table != "devices"),
+)
+
+
+@dataclass(slots=True)
+class EpochReencryptReport:
+    """Values moved to the current epoch key, and those whose key is gone."""
+
+    version: int
+    values: int = 0
+    unreadable: int = 0
+
+
+async def reencrypt_epoch_data(
+    pool: Pool,
+    epoch: EpochCipher,
+    *,
+    batch_size: int = 1000,
+    progress: Progress = _no_progress,
+    actor: str = "system",
+) -> EpochReencryptReport:
+    """Re-seal epoch-sealed values of older epoch versions under the current one
+    (after an epoch key is suspected known), in batches that commit one by one.
+
+    What moves to the current key lives as long as that key now: destroying
+    an older key no longer shreds it; row retention still deletes it. Values
+    whose key is already destroyed stay as they are (counted ``unreadable``).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    current = epoch.version
+    header = b"\x01" + current.to_bytes(4, "big")
+    report = EpochReencryptReport(version=current)
+    async with acquire(pool) as conn:
+        for spec, where in EPOCH_TABLES:
+            if not await _table_exists(conn, spec.table):
+                continue
+            names = [k for k, _ in spec.keys]
+            wanted = list(dict.fromkeys([*names, *spec.select]))
+            enc = [f"{c}_enc" for c in spec.columns]
+            stale = " OR ".join(f"substring({c} FROM 1 FOR 5) <> $1" for c in enc)
+            after: tuple[Any, ...] | None = None
+            while True:
+                marks = ", ".join(f"${i + 3}" for i in range(len(names)))
+                cursor = "" if after is None else f" AND ({', '.join(names)}) > ({marks})"
+                async with conn.transaction():
+                    rows = await conn.fetch(
+                        f"SELECT {', '.join(wanted + enc)} FROM {spec.table}"
+                        f" WHERE {where} AND ({stale}){cursor}"
+                        f" ORDER BY {', '.join(names)} LIMIT $2 FOR UPDATE SKIP LOCKED",
+                        header,
+                        batch_size,
+                        *(after or ()),
+                    )
+                    if not rows:
+                        break
+                    after = tuple(rows[-1][k] for k in names)
+                    moved = 0
+                    for row in rows:
+                        sets: dict[str, bytes] = {}
+                        for column, name in zip(spec.columns, enc, strict=True):
+                            blob = row[name]
+                            if blob is None or bytes(blob[:5]) == header:
+                                continue
+                            aad = spec.aad(row, column, 0)
+                            try:
+                                sets[name] = epoch.seal(epoch.open(bytes(blob), aad), aad)
+                            except DecryptError:
+                                report.unreadable += 1
+                        if not sets:
+                            continue
+                        assign = ", ".join(f"{c} = ${i + 1}" for i, c in enumerate(sets))
+                        match = " AND ".join(
+                            f"{k} = ${i + 1 + len(sets)}" for i, k in enumerate(names)
+                        )
+                        await conn.execute(
+                            f"UPDATE {spec.table} SET {assign} WHERE {where} AND {match}",
+                            *sets.values(),
+                            *(row[k] for k in names),
+                        )
+                        moved += len(sets)
+                report.values += moved
+                progress(moved)
+        await audit(
+            conn,
+            actor,
+            "keys.reencrypt_epoch",
+            None,
+            {"version": current, "values": report.values, "unreadable": report.unreadable},
+        )
+    return report
+
+
+# --- status -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EpochKeyInfo:
+    """One stored epoch key (no key material)."""
+
+    period: str
+    version: int
+    kek_version: int
+    starts_at: Any
+    ends_at: Any
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    """Counts per master key version and the epoch keys, for ``keys status``."""
+
+    data_keys_by_kek: dict[int, int]
+    data_key_versions: dict[int, int]
+    system_keys_by_kek: dict[int, int]
+    epoch_keys: list[EpochKeyInfo]
+    reencrypt_pending: int
+
+
+async def key_status(pool: Pool) -> KeyStatus:
+    """What is wrapped under which master key version, and the epoch keys."""
+    async with acquire(pool) as conn:
+        by_kek = await conn.fetch(
+            "SELECT kek_version AS v, count(*) AS n FROM subscribers GROUP BY 1 ORDER BY 1"
+        )
+        by_version = await conn.fetch(
+            "SELECT data_key_version AS v, count(*) AS n FROM subscribers GROUP BY 1 ORDER BY 1"
+        )
+        system = await conn.fetch(
+            "SELECT kek_version AS v, count(*) AS n FROM system_keys GROUP BY 1 ORDER BY 1"
+        )
+        epochs = await conn.fetch(
+            "SELECT period, version, kek_version, starts_at, ends_at FROM epoch_keys"
+            " ORDER BY starts_at, version"
+        )
+        pending = await conn.fetchval("SELECT count(*) FROM subscribers WHERE reencrypt_pending")
+    return KeyStatus(
+        data_keys_by_kek={int(r["v"]): int(r["n"]) for r in by_kek},
+        data_key_versions={int(r["v"]): int(r["n"]) for r in by_version},
+        system_keys_by_kek={int(r["v"]): int(r["n"]) for r in system},
+        epoch_keys=[
+            EpochKeyInfo(
+                str(r["period"]),
+                int(r["version"]),
+                int(r["kek_version"]),
+                r["starts_at"],
+                r["ends_at"],
+            )
+            for r in epochs
+        ],
+        reencrypt_pending=int(pending),
+    )
+
+
+def wrapped_kek_version(wrapped: bytes) -> int:
+    """The master key version of a wrapped key (e.g. a spool segment's)."""
+    return key_version(wrapped)
