@@ -97,6 +97,7 @@ def test_every_outcome_has_a_reply_code_under_both_failure_actions() -> None:
         Outcome.ACCEPT,
         Outcome.SUSPENDED_WALLED_GARDEN,
         Outcome.EXPIRED_WALLED_GARDEN,
+        Outcome.FLAGGED_WALLED_GARDEN,
     }
     for action in StoreFailureAction:
         table = reply_codes(action)

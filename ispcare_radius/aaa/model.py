@@ -1,7 +1,8 @@
 """Domain values the AAA pipeline works on: plans, subscribers, NAS, auth events.
 
 Frozen and slotted; personal values arrive here already decrypted and leave
-encrypted by the store. Imports only privacy (for ``Secret``).
+encrypted by the store. Imports only privacy (for ``Secret``) and detect
+(for ``NasType``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
+from ispcare_radius.detect.location import NasType
 from ispcare_radius.privacy.secret import Secret
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -147,6 +149,10 @@ class Nas:
     longitude: float | None = None
     country: str | None = None
     city: str | None = None
+    # How subscribers reach it (detect/location.py): which IP a login comes from.
+    nas_type: NasType = NasType.PPPOE
+    # Its address pools: client IPs in them are the ISP's, never geolocated.
+    pools: tuple[IPNetwork, ...] = ()
 
 
 class AuthResult(StrEnum):
@@ -173,3 +179,12 @@ class AuthEvent:
     nas_ip: str | None = field(default=None, repr=False)
     method: str = "pap"
     flags: tuple[str, ...] = field(default=())
+    # Analytics categories derived at login (detect/): never identifiers.
+    country: str | None = None
+    city: str | None = None
+    device_class: str | None = None
+    os_family: str | None = None
+    vendor: str | None = None
+    # The detector's keyed signal of this login as JSON text (detect/state.py
+    # Signal.encode): digests and a coarse location only, replayed after a restart.
+    detect: str | None = field(default=None, repr=False)

@@ -44,6 +44,10 @@ class Outcome(StrEnum):
     # Accepted into the plan's walled garden instead of rejected.
     SUSPENDED_WALLED_GARDEN = "suspended_walled_garden"
     EXPIRED_WALLED_GARDEN = "expired_walled_garden"
+    # Suspicious-login holds (detect/): a reject for the cool-down, or the
+    # plan's walled garden instead of the normal service.
+    FLAGGED_COOLDOWN = "flagged_cooldown"
+    FLAGGED_WALLED_GARDEN = "flagged_walled_garden"
 
 
 class StoreFailureAction(StrEnum):
@@ -95,6 +99,8 @@ _BASE_TABLE: Mapping[Outcome, int | None] = MappingProxyType(
         # Accepts that confine the session (see ReplyRenderer.walled_garden).
         Outcome.SUSPENDED_WALLED_GARDEN: int(Code.ACCESS_ACCEPT),
         Outcome.EXPIRED_WALLED_GARDEN: int(Code.ACCESS_ACCEPT),
+        Outcome.FLAGGED_COOLDOWN: _REJECT,
+        Outcome.FLAGGED_WALLED_GARDEN: int(Code.ACCESS_ACCEPT),
     }
 )
 
@@ -109,6 +115,7 @@ REPLY_MESSAGES: Mapping[Outcome, str] = MappingProxyType(
         Outcome.SIMULTANEOUS_USE: "Too many sessions",
         Outcome.SUSPENDED_WALLED_GARDEN: "Account suspended",
         Outcome.EXPIRED_WALLED_GARDEN: "Account expired",
+        Outcome.FLAGGED_WALLED_GARDEN: "Account held for review",
     }
 )
 

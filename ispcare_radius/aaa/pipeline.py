@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from ispcare_radius.aaa.cookie import new_cookie
 from ispcare_radius.aaa.hours import login_window
+from ispcare_radius.aaa.logininfo import NOWHERE, LoginProfile, LoginProfiler
 from ispcare_radius.aaa.methods import DEFAULT_METHODS, REGISTRY, configure, resolve
 from ispcare_radius.aaa.methods.base import Attempt, Method
 from ispcare_radius.aaa.methods.mac import Mac, mac_of
@@ -51,6 +52,8 @@ from ispcare_radius.aaa.ports import (
 )
 from ispcare_radius.aaa.reply import ReplyRenderer, class_attribute
 from ispcare_radius.aaa.request import NOT_READY, NotReady, Reply, Request
+from ispcare_radius.detect.settings import Action as DetectAction
+from ispcare_radius.detect.state import Detector, Login
 from ispcare_radius.privacy.blind import normalize_mac
 from ispcare_radius.privacy.secret import Secret
 from ispcare_radius.protocol.codes import Code
@@ -219,7 +222,9 @@ def check_login_hours(attempt: Attempt, now: float) -> Outcome | None:
     return None
 
 
-WALLED_GARDEN_OUTCOMES = frozenset(_WALLED_GARDEN_OUTCOMES.values())
+WALLED_GARDEN_OUTCOMES = frozenset(
+    (*_WALLED_GARDEN_OUTCOMES.values(), Outcome.FLAGGED_WALLED_GARDEN)
+)
 DEFAULT_CHECKS: tuple[Step, ...] = (
     check_password,
     check_walled_garden,
@@ -242,8 +247,17 @@ class AccessHandler:
         checks: Sequence[Step] = DEFAULT_CHECKS,
         clock: Callable[[], float] = time.time,
         limiter: SessionLimiter | None = None,
+        profiler: LoginProfiler | None = None,
+        detector: Detector | None = None,
     ) -> None:
         self._directory = directory
+        # Location and device categories for the auth event (aaa/logininfo.py).
+        self._profiler = profiler or LoginProfiler()
+        # Suspicious-login detection (detect/state.py): its holds are asked
+        # before each reply, and each decided login is shown to it.
+        self._detector = detector
+        self._last_profile: tuple[Request, LoginProfile] | None = None
+        self._displaced: set[int] = set()  # id() of attempts admitted by displacing
         # Without a limiter, plans' Simultaneous-Use limits are not enforced.
         self._limiter = limiter
         self._limit_policy = settings.simultaneous_use_policy
@@ -283,7 +297,7 @@ class AccessHandler:
                     return NOT_READY
                 if found is None and _needs_task(attempt):
                     return NOT_READY
-                outcome = found or self._check(attempt, now)
+                outcome = found or self._held(attempt, now) or self._check(attempt, now)
         except Exception:  # a bug must not become an accept or a crash
             outcome = Outcome.INTERNAL_ERROR
         return self._answer(attempt, outcome, now)
@@ -317,6 +331,8 @@ class AccessHandler:
         INTERNAL_ERROR if they cannot be rendered."""
         attributes = b""
         method = attempt.method
+        if outcome is Outcome.ACCEPT and self._garden_held(attempt, now):
+            outcome = Outcome.FLAGGED_WALLED_GARDEN
         if outcome is Outcome.ACCEPT:
             assert attempt.subscriber is not None
             try:
@@ -361,6 +377,7 @@ class AccessHandler:
             outcome = await self._lookup(attempt)
         except StoreUnavailable:
             return Outcome.STORE_UNAVAILABLE
+        outcome = outcome or self._held(attempt, now)
         if outcome is None and (job := slow_check(attempt)) is not None:
             # A scrypt comparison is tens of milliseconds of CPU: not on the loop.
             attempt.slow_match = await asyncio.to_thread(job)
@@ -464,6 +481,10 @@ class AccessHandler:
             return Outcome.STORE_UNAVAILABLE
         except Exception:  # a bug must not become an accept or a crash
             return Outcome.INTERNAL_ERROR
+        if admission is Admission.DISPLACED and self._detector is not None:
+            # Over the limit under disconnect_oldest: accepted, but the
+            # concurrent-sessions rule fires (read back in ``_observe``).
+            self._displaced.add(id(attempt))
         return Outcome.SIMULTANEOUS_USE if admission is Admission.REFUSED else Outcome.ACCEPT
 
     def _check(self, attempt: Attempt, now: float) -> Outcome:
@@ -484,6 +505,9 @@ class AccessHandler:
         else:
             result = AuthResult.REJECT
         calling = packet.get(CALLING_STATION_ID)
+        profile = self._login_profile(attempt)
+        place, device = profile.location, profile.device
+        signal = self._observe(attempt, outcome, result, now, profile)
         self._events.submit(
             AuthEvent(
                 time=datetime.fromtimestamp(now, UTC),
@@ -495,8 +519,98 @@ class AccessHandler:
                 calling_station_id=calling.decode("utf-8", "replace") if calling else None,
                 nas_ip=_nas_ip(packet.get(NAS_IP_ADDRESS), packet.get(NAS_IPV6_ADDRESS)),
                 method=attempt.method.name if attempt.method is not None else "none",
+                country=place.country if place else None,
+                city=place.city if place else None,
+                device_class=device.device_class,
+                os_family=device.os_family,
+                vendor=device.vendor,
+                detect=signal,
             )
         )
+
+    def _hold(self, attempt: Attempt, now: float) -> DetectAction | None:
+        """The detector's live hold on this account, source or MAC, if any (cheap)."""
+        if self._detector is None or not self._detector.holds:
+            return None
+        calling = attempt.request.packet.get(CALLING_STATION_ID)
+        try:
+            source = self._source(attempt, self._login_profile(attempt), calling)
+            return self._detector.hold(attempt.user_name, source, mac_of(calling), now)
+        except Exception:  # detection must never cost an answer
+            return None
+
+    def _login_profile(self, attempt: Attempt) -> LoginProfile:
+        """``_profile``, worked out once per request (the hold check and the record share it)."""
+        cached = self._last_profile
+        if cached is not None and cached[0] is attempt.request:
+            return cached[1]
+        profile = self._profile(attempt)
+        self._last_profile = (attempt.request, profile)
+        return profile
+
+    @staticmethod
+    def _source(attempt: Attempt, profile: LoginProfile, calling: bytes | None) -> str | None:
+        """Where a login comes from, for the spray rule: the client's public IP on VPN
+        and hotspot NAS, else the Calling-Station-Id. Never the NAS itself."""
+        return profile.client_ip or (calling.decode("utf-8", "replace") if calling else None)
+
+    def _held(self, attempt: Attempt, now: float) -> Outcome | None:
+        """FLAGGED_COOLDOWN while a detection rule's reject holds this login."""
+        return Outcome.FLAGGED_COOLDOWN if self._hold(attempt, now) is DetectAction.REJECT else None
+
+    def _garden_held(self, attempt: Attempt, now: float) -> bool:
+        """A walled-garden hold, and a plan with a walled garden to send the login to.
+
+        Without one the login gets its normal service: the flag still stands.
+        """
+        sub = attempt.subscriber
+        if sub is None or sub.plan is None or not sub.plan.walled_garden:
+            return False
+        return self._hold(attempt, now) is DetectAction.WALLED_GARDEN
+
+    def _observe(
+        self,
+        attempt: Attempt,
+        outcome: Outcome,
+        result: AuthResult,
+        now: float,
+        profile: LoginProfile,
+    ) -> str | None:
+        """Show the decided login to the detector; its keyed signal for the auth event.
+
+        In memory and O(1): history, holds and flags (queued) are updated
+        before the reply leaves, so the next request already sees a new hold.
+        """
+        over_limit = id(attempt) in self._displaced
+        self._displaced.discard(id(attempt))
+        if self._detector is None or attempt.user_name is None:
+            return None
+        calling = attempt.request.packet.get(CALLING_STATION_ID)
+        try:
+            signal = self._detector.observe(
+                Login(
+                    time=now,
+                    subscriber_id=attempt.subscriber.id if attempt.subscriber else None,
+                    accepted=result is AuthResult.ACCEPT,
+                    reason=outcome.value,
+                    user_name=attempt.user_name,
+                    calling_station_id=self._source(attempt, profile, calling),
+                    mac=mac_of(calling),
+                    password=attempt.password,
+                    place=profile.location,
+                    over_limit=over_limit,
+                )
+            )
+        except Exception:  # detection must never cost an answer
+            return None
+        return signal.encode()
+
+    def _profile(self, attempt: Attempt) -> LoginProfile:
+        """The login's location and device categories; none rather than a failed answer."""
+        try:
+            return self._profiler.profile(attempt.request.packet, attempt.request.nas)
+        except Exception:  # analytics must never cost an answer
+            return NOWHERE
 
 
 def _macs_to_screen(attempt: Attempt) -> tuple[bytes, ...]:

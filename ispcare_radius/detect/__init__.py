@@ -1,1 +1,3 @@
-"""detect layer."""
+"""Suspicious-login detection: pure rules (``rules``), their settings, and the
+bounded in-memory detector (``state``). No asyncio, asyncpg, sockets or
+protocol; time is always passed in."""

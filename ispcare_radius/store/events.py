@@ -41,6 +41,13 @@ _KNOWN_COLUMNS: Final = (
     "user_name_enc",
     "calling_station_id_enc",
     "nas_ip_enc",
+    # Analytics categories, in clear: none identifies anyone (migration 0013).
+    "country",
+    "city",
+    "device_class",
+    "os_family",
+    "vendor",
+    "detect",  # keyed digests only (migration 0014)
 )
 _UNKNOWN_COLUMNS: Final = (
     "time",
@@ -51,6 +58,7 @@ _UNKNOWN_COLUMNS: Final = (
     "user_name_enc",
     "calling_station_id_enc",
     "nas_ip_enc",
+    "detect",
 )
 
 
@@ -317,7 +325,15 @@ class AuthEventWriter:
             if sid is None:
                 sealed = _seal(self._epoch, UNKNOWN_TABLE, event_id, None, event)
                 rows.unknown.append(
-                    (when, event_id, event.nas_id, event.reason, event.method, *sealed)
+                    (
+                        when,
+                        event_id,
+                        event.nas_id,
+                        event.reason,
+                        event.method,
+                        *sealed,
+                        event.detect,
+                    )
                 )
                 continue
             cipher = ciphers.get(sid)
@@ -340,6 +356,12 @@ class AuthEventWriter:
                     event.method,
                     list(event.flags),
                     *sealed,
+                    event.country,
+                    event.city,
+                    event.device_class,
+                    event.os_family,
+                    event.vendor,
+                    event.detect,
                 )
             )
         return rows

@@ -11,6 +11,7 @@ from typing import Any, Final
 import asyncpg
 
 from ispcare_radius.aaa.model import IPNetwork, MessageAuthenticatorPolicy, Nas
+from ispcare_radius.detect.location import NasType, country_code
 from ispcare_radius.privacy.crypto import field_aad
 from ispcare_radius.privacy.secret import Secret
 from ispcare_radius.store.db import Pool, acquire
@@ -19,7 +20,8 @@ from ispcare_radius.store.keyring import SystemKeys
 # The unique constraint on nas.address (migration 0003).
 ADDRESS_CONSTRAINT: Final = "nas_address_key"
 _COLUMNS = (
-    "id, name, address, secret_enc, vendor, ma_policy, coa_port, latitude, longitude, country, city"
+    "id, name, address, secret_enc, vendor, ma_policy, coa_port, latitude, longitude, country,"
+    " city, nas_type, pools"
 )
 
 
@@ -61,6 +63,8 @@ class NasRepository:
             longitude=record["longitude"],
             country=record["country"],
             city=record["city"],
+            nas_type=NasType(record["nas_type"]),
+            pools=tuple(record["pools"]),
         )
 
     async def add(
@@ -76,6 +80,8 @@ class NasRepository:
         longitude: float | None = None,
         country: str | None = None,
         city: str | None = None,
+        nas_type: str = "pppoe",
+        pools: tuple[str, ...] = (),
     ) -> Nas:
         """Store a new NAS; ValueError for a bad address, policy, port, or a taken name/address."""
         if not name or not name.strip():
@@ -96,6 +102,22 @@ class NasRepository:
             raise ValueError("latitude must be between -90 and 90")
         if longitude is not None and not -180.0 <= longitude <= 180.0:
             raise ValueError("longitude must be between -180 and 180")
+        if country is not None:
+            country = country_code(country)
+            if country is None:
+                raise ValueError("country must be an ISO 3166-1 alpha-2 code (e.g. GB)")
+        try:
+            kind = NasType(nas_type)
+        except ValueError:
+            raise ValueError(
+                "NAS type must be one of: " + ", ".join(t.value for t in NasType)
+            ) from None
+        try:
+            networks = [ipaddress.ip_network(p.strip(), strict=True) for p in pools]
+        except ValueError:
+            raise ValueError(
+                "NAS pool must be a CIDR network without host bits (e.g. 100.64.0.0/22)"
+            ) from None
         sealed = self._cipher.seal(secret.encode("utf-8"), secret_aad(name))
         params: list[Any] = [
             name,
@@ -108,13 +130,15 @@ class NasRepository:
             longitude,
             country,
             city,
+            kind.value,
+            networks,
         ]
         async with acquire(self._pool) as conn:
             try:
                 record = await conn.fetchrow(
                     "INSERT INTO nas (name, address, secret_enc, vendor, ma_policy, coa_port,"
-                    " latitude, longitude, country, city)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                    " latitude, longitude, country, city, nas_type, pools)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                     f" RETURNING {_COLUMNS}",
                     *params,
                 )
