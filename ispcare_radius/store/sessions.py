@@ -137,23 +137,92 @@ WITH info AS (
 INSERT INTO sessions_closed ({_CLOSED_NAMES})
 SELECT {_NAMES}, stopped_at, $5::timestamptz, close_reason, terminate_cause FROM moved
 """
-_ADD_USAGE: Final = """
-INSERT INTO usage AS u (subscriber_id, period, period_start, input_octets, output_octets,
-                        session_time, updated_at)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::date[], $4::bigint[], $5::bigint[],
-                     $6::bigint[], $7::timestamptz[])
-ON CONFLICT (subscriber_id, period, period_start) DO UPDATE SET
-    input_octets = u.input_octets + EXCLUDED.input_octets,
-    output_octets = u.output_octets + EXCLUDED.output_octets,
-    session_time = u.session_time + EXCLUDED.session_time,
-    updated_at = EXCLUDED.updated_at
-RETURNING subscriber_id, period, period_start, input_octets, output_octets, session_time
+# Usage rows (day and cycle, then UTC hours) and, in the same statement, one
+# outbox row per row changed (store/feeds.py): the version raised by the
+# change makes the idempotency key unique per change, and the same if a
+# rolled-back transaction is applied again.
+_OUTBOX_USAGE: Final = """
+INSERT INTO feed_outbox (topic, idempotency_key, account_key, payload)
+SELECT 'usage',
+       'usage:' || c.subscriber_id || ':' || c.period || ':' || c.start_text || ':' || c.version,
+       coalesce(s.account_ref, 'subscriber:' || c.subscriber_id),
+       jsonb_build_object('subscriber_id', c.subscriber_id, 'account_ref', s.account_ref,
+                          'period', c.period, 'period_start', c.start_text,
+                          'input_octets', c.input_octets, 'output_octets', c.output_octets,
+                          'session_time', c.session_time, 'sessions', c.sessions,
+                          'version', c.version)
+FROM (
+    SELECT subscriber_id, period,
+           to_char(period_start::timestamp, 'YYYY-MM-DD"T00:00:00Z"') AS start_text,
+           input_octets, output_octets, session_time, sessions, version FROM d
+    UNION ALL
+    SELECT subscriber_id, 'hour', to_char(hour_start AT TIME ZONE 'UTC',
+                                          'YYYY-MM-DD"T"HH24":00:00Z"'),
+           input_octets, output_octets, session_time, sessions, version FROM h
+) c
+LEFT JOIN subscribers s ON s.id = c.subscriber_id
+ORDER BY c.subscriber_id, c.period, c.start_text
+ON CONFLICT (idempotency_key) DO NOTHING
 """
+_ADD_USAGE: Final = f"""
+WITH d AS (
+    INSERT INTO usage AS u (subscriber_id, period, period_start, input_octets, output_octets,
+                            session_time, sessions, updated_at)
+    SELECT t.*, $8::timestamptz
+    FROM unnest($1::bigint[], $2::text[], $3::date[], $4::bigint[], $5::bigint[],
+                $6::bigint[], $7::bigint[]) AS t
+    ON CONFLICT (subscriber_id, period, period_start) DO UPDATE SET
+        input_octets = u.input_octets + EXCLUDED.input_octets,
+        output_octets = u.output_octets + EXCLUDED.output_octets,
+        session_time = u.session_time + EXCLUDED.session_time,
+        sessions = u.sessions + EXCLUDED.sessions,
+        version = u.version + 1,
+        updated_at = EXCLUDED.updated_at
+    RETURNING subscriber_id, period, period_start, input_octets, output_octets, session_time,
+              sessions, version
+), h AS (
+    INSERT INTO usage_hourly AS u (subscriber_id, hour_start, input_octets, output_octets,
+                                   session_time, sessions, updated_at)
+    SELECT t.*, $8::timestamptz
+    FROM unnest($9::bigint[], $10::timestamptz[], $11::bigint[], $12::bigint[],
+                $13::bigint[], $14::bigint[]) AS t
+    ON CONFLICT (subscriber_id, hour_start) DO UPDATE SET
+        input_octets = u.input_octets + EXCLUDED.input_octets,
+        output_octets = u.output_octets + EXCLUDED.output_octets,
+        session_time = u.session_time + EXCLUDED.session_time,
+        sessions = u.sessions + EXCLUDED.sessions,
+        version = u.version + 1,
+        updated_at = EXCLUDED.updated_at
+    RETURNING subscriber_id, hour_start, input_octets, output_octets, session_time, sessions,
+              version
+), o AS ({_OUTBOX_USAGE})
+SELECT subscriber_id, period, period_start, input_octets, output_octets, session_time FROM d
+"""
+# Quota crossings, each with its outbox row; the count of crossings recorded.
 _QUOTA_EVENT: Final = """
-INSERT INTO quota_events (subscriber_id, period, period_start, kind, time, used, quota)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::date[], $4::text[], $5::timestamptz[],
-                     $6::bigint[], $7::bigint[])
-ON CONFLICT DO NOTHING
+WITH q AS (
+    INSERT INTO quota_events (subscriber_id, period, period_start, kind, time, used, quota)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::date[], $4::text[], $5::timestamptz[],
+                         $6::bigint[], $7::bigint[])
+    ON CONFLICT DO NOTHING
+    RETURNING *
+), o AS (
+    INSERT INTO feed_outbox (topic, idempotency_key, account_key, payload)
+    SELECT 'quota', 'quota:' || q.subscriber_id || ':' || q.period || ':'
+               || to_char(q.period_start::timestamp, 'YYYY-MM-DD') || ':' || q.kind,
+           coalesce(s.account_ref, 'subscriber:' || q.subscriber_id),
+           jsonb_build_object('subscriber_id', q.subscriber_id, 'account_ref', s.account_ref,
+                              'period', q.period,
+                              'period_start',
+                              to_char(q.period_start::timestamp, 'YYYY-MM-DD"T00:00:00Z"'),
+                              'kind', q.kind, 'used', q.used, 'quota', q.quota,
+                              'time', to_char(q.time AT TIME ZONE 'UTC',
+                                              'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+    FROM q LEFT JOIN subscribers s ON s.id = q.subscriber_id
+    ORDER BY q.subscriber_id, q.period, q.kind
+    ON CONFLICT (idempotency_key) DO NOTHING
+)
+SELECT count(*) FROM q
 """
 
 
@@ -415,7 +484,8 @@ class SessionTracker:
                 by_session_blind[loaded.session_blind] = loaded
             if loaded.port_blind is not None:
                 by_port[loaded.port_blind] = loaded
-        usage: dict[tuple[int, date], list[int]] = defaultdict(lambda: [0, 0, 0])
+        # (subscriber, UTC hour) -> [input, output, seconds, sessions started]
+        usage: dict[tuple[int, datetime], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         retired: list[_Session] = []  # closed in this batch
         reservations: list[bytes] = []
 
@@ -478,6 +548,8 @@ class SessionTracker:
                     stats.started += 1
                 else:
                     stats.lost_starts += 1
+                if session.subscriber_id != NO_SUBSCRIBER:
+                    usage[(session.subscriber_id, _hour(session.started_at))][3] += 1
             elif status == AcctStatus.START and not session.start_seen:
                 session.start_seen = True
                 session.started_at = min(session.started_at, record.event_time)
@@ -494,8 +566,7 @@ class SessionTracker:
             session.last_seen = max(session.last_seen, record.received_at)
             session.changed = True
             if delta and session.subscriber_id != NO_SUBSCRIBER:
-                day = record.event_time.astimezone(UTC).date()
-                bucket = usage[(session.subscriber_id, day)]
+                bucket = usage[(session.subscriber_id, _hour(record.event_time))]
                 bucket[0] += delta.input_octets
                 bucket[1] += delta.output_octets
                 bucket[2] += delta.session_time
@@ -625,35 +696,42 @@ async def _plan_terms(conn: Connection, subscribers: set[int]) -> dict[int, Plan
     }
 
 
+def _hour(at: datetime) -> datetime:
+    """The UTC hour holding ``at``: the finest usage bucket."""
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
 async def _add_usage(
     conn: Connection,
-    usage: dict[tuple[int, date], list[int]],
+    usage: dict[tuple[int, datetime], list[int]],
     terms: dict[int, PlanTerms],
     now: datetime,
 ) -> int:
-    """Add the batch's deltas to the day and billing-cycle rows; record quota crossings."""
+    """Add the batch's deltas to the hour, day and billing-cycle rows, each change with
+    its outbox row; record quota crossings (also with theirs)."""
     if not usage:
         return 0
-    totals: dict[tuple[int, str, date], list[int]] = defaultdict(lambda: [0, 0, 0])
-    for (sid, day), (din, dout, dsec) in usage.items():
+    totals: dict[tuple[int, str, date], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for (sid, hour), deltas in usage.items():
         plan = terms.get(sid)
         billing_day = 1 if plan is None else plan.quota.billing_day
         for period in Period:
-            start = period_start(period, day, billing_day=billing_day)
+            start = period_start(period, hour.date(), billing_day=billing_day)
             bucket = totals[(sid, period.value, start)]
-            bucket[0] += din
-            bucket[1] += dout
-            bucket[2] += dsec
+            for i, value in enumerate(deltas):
+                bucket[i] += value
     keys = sorted(totals)  # a fixed order: concurrent batches lock rows alike
+    hours = sorted(usage)
     rows = await conn.fetch(
         _ADD_USAGE,
         [k[0] for k in keys],
         [k[1] for k in keys],
         [k[2] for k in keys],
-        [totals[k][0] for k in keys],
-        [totals[k][1] for k in keys],
-        [totals[k][2] for k in keys],
-        [now] * len(keys),
+        *([totals[k][i] for k in keys] for i in range(4)),
+        now,
+        [k[0] for k in hours],
+        [k[1] for k in hours],
+        *([usage[k][i] for k in hours] for i in range(4)),
     )
     events: list[tuple[int, str, date, str, datetime, int, int]] = []
     for r in rows:
@@ -669,8 +747,7 @@ async def _add_usage(
                 (r["subscriber_id"], r["period"], r["period_start"], kind, now, used, quota)
             )
     if events:
-        status = await conn.execute(_QUOTA_EVENT, *_columns(events, 7))
-        return _count(status)
+        return int(await conn.fetchval(_QUOTA_EVENT, *_columns(events, 7)))
     return 0
 
 

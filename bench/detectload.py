@@ -1,0 +1,105 @@
+"""What suspicious-login detection costs: auth CPU per request with it on and off.
+
+One database, one subscriber set, the shared load generator
+(``../shared/bench/radload.py``); the server is restarted for each round with
+``[detect] enabled`` on or off, alternating, and the server process's CPU time
+is read from /proc around each run. Prints each round and the medians:
+
+    .venv/bin/python bench/detectload.py [--rounds 5] [--users 20000] [--count 20000]
+
+Uses $ISPCARE_BENCH_DSN (an admin DSN; a scratch database is created and
+dropped), default postgresql://postgres@127.0.0.1:5432/postgres.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.server_proc import (  # noqa: E402
+    ServerProcess,
+    create_database,
+    drop_database,
+)
+
+SECRET = "testing123"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--parallel", type=int, default=32)
+    parser.add_argument("--count", type=int, default=20_000, help="requests per run")
+    parser.add_argument("--bench-dir", default=str(ROOT.parent / "shared" / "bench"))
+    args = parser.parse_args()
+    radload = Path(args.bench_dir) / "radload.py"
+    gen = Path(args.bench_dir) / "gen_requests.py"
+    admin = os.environ.get("ISPCARE_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+    work = Path(tempfile.mkdtemp(prefix="ispcare-detect-"))
+    requests = work / "auth.txt"
+    generate = [sys.executable, str(gen), "auth", "--count", str(args.count)]
+    generate += ["--users", str(args.users), "--out", str(requests)]
+    subprocess.run(
+        generate,
+        check=True,
+        capture_output=True,
+    )
+    subscribers = work / "subscribers.csv"
+    with subscribers.open("w") as f:
+        f.write("user_name,password\n")
+        for i in range(1, args.users + 1):
+            f.write(f"user{i},pass{i}\n")
+    dsn, name = create_database(admin)
+    srv = ServerProcess(work / "server", dsn, probe_secret=SECRET.encode())
+    per_request: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        srv.setup()
+        srv.cli("nas", "add", "bench", "127.0.0.1", "--secret", SECRET)
+        srv.cli("subscriber", "import", str(subscribers), "--no-progress")
+        load = [sys.executable, str(radload), "-f", str(requests), "-p", str(args.parallel)]
+        load += ["-s", SECRET, "--port", str(srv.auth_port), "auth"]
+        for rnd in range(args.rounds):
+            for mode in ("off", "on") if rnd % 2 == 0 else ("on", "off"):
+                srv.extra_config = f"\n[detect]\nenabled = {'true' if mode == 'on' else 'false'}\n"
+                srv.write_config()
+                srv.start()
+                assert srv.proc is not None
+                subprocess.run(load, capture_output=True, check=True)  # warm the cache
+                before = cpu_seconds(srv.proc.pid)
+                out = subprocess.run(load, capture_output=True, text=True, check=True).stdout
+                used = cpu_seconds(srv.proc.pid) - before
+                result = json.loads(out.strip().splitlines()[-1])
+                answered = args.count - int(result.get("lost", 0))
+                per_request[mode].append(used / answered * 1e6)
+                print(
+                    f"round {rnd + 1} detection {mode}: {per_request[mode][-1]:.1f} us CPU/request,"
+                    f" {result.get('rps')} req/s",
+                    flush=True,
+                )
+                srv.stop()
+    finally:
+        srv.kill()
+        drop_database(admin, name)
+    off, on = statistics.median(per_request["off"]), statistics.median(per_request["on"])
+    print(f"median CPU/request: off {off:.1f} us, on {on:.1f} us, on/off = {on / off:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
