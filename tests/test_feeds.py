@@ -611,3 +611,36 @@ async def test_feed_status_and_replay_commands(
     assert "re-queued 1 deliveries (webhook)" in capsys.readouterr().out
     await hook_relay(pg_pool, receiver, clock).drain()
     assert receiver.keys() == Counter({"c0": 2})  # replayed: the receiver dedupes by key
+
+
+async def test_a_redirect_is_a_failed_delivery_not_a_silent_get() -> None:
+    """urllib would follow a 302 to a POST with a body-less GET; the sink refuses it."""
+    followed: list[str] = []
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            followed.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        sink = WebhookSink(f"http://127.0.0.1:{server.server_port}/hook", HOOK_SECRET)
+        error = await sink.deliver([{"topic": "usage"}], now=datetime.now(UTC))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert error == "http_302"
+    assert followed == []

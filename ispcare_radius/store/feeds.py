@@ -163,6 +163,18 @@ def _body(events: Sequence[dict[str, Any]]) -> bytes:
     return json.dumps({"events": list(events)}, separators=(",", ":"), sort_keys=True).encode()
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would follow a 301/302/303 to a POST with a GET
+    without the body (and forward the signature to the new address), and
+    that GET's 2xx would mark the batch delivered. A 3xx is a failure."""
+
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+_OPENER: Final = urllib.request.build_opener(_NoRedirect)
+
+
 class WebhookSink:
     """POSTs ``{"events": [...]}`` (ordered) to ``url``, signed; any 2xx is delivered."""
 
@@ -192,7 +204,7 @@ class WebhookSink:
             headers={"Content-Type": "application/json", SIGNATURE_HEADER: signature},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            with _OPENER.open(request, timeout=self._timeout) as response:
                 response.read()
                 status = int(response.status)
         except urllib.error.HTTPError as exc:

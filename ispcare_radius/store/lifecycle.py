@@ -138,8 +138,14 @@ async def erase_rows(conn: Connection, subscriber_id: int) -> dict[str, int]:
     """
     affected: dict[str, int] = {}
     for table in (*DELETED_TABLES, *await _existing(conn, OPTIONAL_DELETED_TABLES)):
-        # Table names come from the constants above, never from input.
-        status = await conn.execute(f"DELETE FROM {table} WHERE subscriber_id = $1", subscriber_id)
+        # Table names come from the constants above, never from input. Usage
+        # and quota events for billing (no personal values: ids and counters)
+        # stay in the outbox until delivered and pruned, so erasure cannot
+        # cost billing the subscriber's last usage.
+        keep = " AND topic NOT IN ('usage', 'quota')" if table == "feed_outbox" else ""
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE subscriber_id = $1{keep}", subscriber_id
+        )
         affected[table] = _count(status)
     affected["sessions_closed"] = _count(await conn.execute(_STRIP_CLOSED, subscriber_id))
     return affected

@@ -422,7 +422,11 @@ async def _reencrypt_one(
     sets = ", ".join(f"{name} = ${i + 5}" for i, name in enumerate(enc))
     await conn.execute(
         f"UPDATE subscribers SET wrapped_key = $2, kek_version = $3, data_key_version = $4,"
-        f" {sets}, reencrypt_pending = false, updated_at = now() WHERE id = $1",
+        # updated_at wakes the subscriber caches; a deactivated subscriber's
+        # stays, since it starts the erasure grace period (store/lifecycle.py).
+        f" {sets}, reencrypt_pending = false,"
+        " updated_at = CASE WHEN status = 'deactivated' THEN updated_at ELSE now() END"
+        " WHERE id = $1",
         sid,
         wrapped,
         masters.primary_version,

@@ -664,6 +664,7 @@ class SubscriberRepository:
     async def remove(self, user_name: str) -> bool:
         """Erase a subscriber now: the same rows as the erasure job (store/lifecycle.py)
         go or are stripped, and the data key goes with the row; no grace, no tombstone.
+        ValueError while the subscriber is under legal hold.
         """
         # Imported here: lifecycle builds on this module (audit, change hints).
         from ispcare_radius.store.lifecycle import erase_rows
@@ -673,6 +674,9 @@ class SubscriberRepository:
             if found is None:
                 return False
             sid = int(found["id"])
+            # A legal hold blocks every erasure, the operator's included.
+            if await conn.fetchval("SELECT legal_hold FROM subscribers WHERE id = $1", sid):
+                raise ValueError("subscriber is under legal hold; release it first")
             await erase_rows(conn, sid)
             await conn.execute("DELETE FROM subscribers WHERE id = $1", sid)
             await audit(conn, self._actor, "subscriber.remove", sid, {})
