@@ -537,3 +537,19 @@ async def test_a_queued_record_that_was_erased_is_only_dequeued(
     assert await db.fetchval("SELECT count(*) FROM acct_pending") == 0
     assert await active(db) == []
     assert client.applier.failed == 0
+
+
+async def test_without_a_feed_sink_usage_changes_queue_no_events(
+    client: Nas1,
+    subscriber_id: int,
+    db: asyncpg.Connection[asyncpg.Record],
+    pg_pool: Pool,
+    system_keys: SystemKeys,
+) -> None:
+    client.applier = SessionApplier(
+        pg_pool, SessionTracker(system_keys.blind_index, usage_events=False)
+    )
+    await client.send(packet(AcctStatus.START))
+    await client.send(packet(AcctStatus.INTERIM_UPDATE, octets=(10, 20), seconds=60))
+    assert (await usage(db, subscriber_id))["day"] == (10, 20, 60)
+    assert await db.fetchval("SELECT count(*) FROM feed_outbox WHERE topic = 'usage'") == 0

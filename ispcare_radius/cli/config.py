@@ -593,7 +593,9 @@ FEED_SINKS = ("webhook", "ndjson")
 class FeedsConfig:
     """[feeds]: where the outbox relay delivers (store/feeds.py) and how it retries.
 
-    No sink enabled: the outbox is still written, and the SQL views read.
+    No sink enabled: usage changes are not queued as events (they would only
+    pile up; billing reads the usage tables through the feed_usage view);
+    quota, flag and status events still are.
     """
 
     sinks: tuple[str, ...] = ()

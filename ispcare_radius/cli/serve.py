@@ -170,7 +170,8 @@ async def build(config: Config, store: Store, dictionary: Dictionary) -> Service
     except (SpoolError, OSError) as exc:
         raise ConfigError(f"accounting.spool_dir: {exc}") from None
     spooling = SpoolingRecorder(accounting, spool, spool_after=config.accounting.spool_after)
-    sessions = SessionApplier(store.pool, SessionTracker(store.keys.blind_index))
+    tracker = SessionTracker(store.keys.blind_index, usage_events=bool(config.feeds.sinks))
+    sessions = SessionApplier(store.pool, tracker)
     accounting.on_commit = sessions.wake
     flags = detector = None
     if config.detect.enabled:

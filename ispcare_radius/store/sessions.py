@@ -164,7 +164,7 @@ LEFT JOIN subscribers s ON s.id = c.subscriber_id
 ORDER BY c.subscriber_id, c.period, c.start_text
 ON CONFLICT (idempotency_key) DO NOTHING
 """
-_ADD_USAGE: Final = f"""
+_ADD_USAGE: Final = """
 WITH d AS (
     INSERT INTO usage AS u (subscriber_id, period, period_start, input_octets, output_octets,
                             session_time, sessions, updated_at)
@@ -195,9 +195,14 @@ WITH d AS (
         updated_at = EXCLUDED.updated_at
     RETURNING subscriber_id, hour_start, input_octets, output_octets, session_time, sessions,
               version
-), o AS ({_OUTBOX_USAGE})
+){outbox}
 SELECT subscriber_id, period, period_start, input_octets, output_octets, session_time FROM d
 """
+# With usage events on (a feed sink is configured), each usage change also
+# gets its outbox row in the same statement; without a sink they would only
+# pile up: billing then reads the usage tables (feed_usage view) directly.
+_ADD_USAGE_EVENTS: Final = _ADD_USAGE.replace("{outbox}", f", o AS ({_OUTBOX_USAGE})")
+_ADD_USAGE_ONLY: Final = _ADD_USAGE.replace("{outbox}", "")
 # Quota crossings, each with its outbox row; the count of crossings recorded.
 _QUOTA_EVENT: Final = """
 WITH q AS (
@@ -416,9 +421,16 @@ class SessionTracker:
     partitions are pruned). Counters in ``stats`` add up over the tracker's life.
     """
 
-    def __init__(self, index: BlindIndex, *, late_window: timedelta = timedelta(days=7)) -> None:
+    def __init__(
+        self,
+        index: BlindIndex,
+        *,
+        late_window: timedelta = timedelta(days=7),
+        usage_events: bool = True,
+    ) -> None:
         self._index = index
         self._late_window = late_window
+        self._usage_events = usage_events
         self.stats = ApplyStats()
 
     async def apply(
@@ -592,7 +604,9 @@ class SessionTracker:
                 now,
             )
             stats.nas_reboots += _count(moved)
-        stats.quota_events = await _add_usage(conn, usage, terms, now)
+        stats.quota_events = await _add_usage(
+            conn, usage, terms, now, usage_events=self._usage_events
+        )
         self._add(stats)
         return stats
 
@@ -706,9 +720,11 @@ async def _add_usage(
     usage: dict[tuple[int, datetime], list[int]],
     terms: dict[int, PlanTerms],
     now: datetime,
+    *,
+    usage_events: bool = True,
 ) -> int:
     """Add the batch's deltas to the hour, day and billing-cycle rows, each change with
-    its outbox row; record quota crossings (also with theirs)."""
+    its outbox row when ``usage_events``; record quota crossings (always with theirs)."""
     if not usage:
         return 0
     totals: dict[tuple[int, str, date], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
@@ -723,7 +739,7 @@ async def _add_usage(
     keys = sorted(totals)  # a fixed order: concurrent batches lock rows alike
     hours = sorted(usage)
     rows = await conn.fetch(
-        _ADD_USAGE,
+        _ADD_USAGE_EVENTS if usage_events else _ADD_USAGE_ONLY,
         [k[0] for k in keys],
         [k[1] for k in keys],
         [k[2] for k in keys],
