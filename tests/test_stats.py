@@ -25,6 +25,7 @@ from ispcare_radius.cli.config import ConfigError, load_config
 from ispcare_radius.cli.stats import period_to_release, show_lines, stats_command
 from ispcare_radius.privacy.anon import (
     OTHER,
+    RELEASED_DIMENSIONS,
     Caps,
     Categories,
     Cell,
@@ -32,6 +33,7 @@ from ispcare_radius.privacy.anon import (
     Period,
     StatsSettings,
     Usage,
+    cap_usage,
     cell_rows,
     generalise,
     rollup,
@@ -50,7 +52,7 @@ from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
 from ispcare_radius.store.nas import NasRepository
 from ispcare_radius.store.plans import PlanRepository
 from ispcare_radius.store.sessions import SessionApplier, SessionTracker
-from ispcare_radius.store.stats import ReleaseRefused, release, released
+from ispcare_radius.store.stats import GranularityConflict, ReleaseRefused, release, released
 from ispcare_radius.store.subscribers import SubscriberRepository
 
 K = 10
@@ -98,12 +100,17 @@ def test_a_town_with_one_subscriber_disappears_into_its_country() -> None:
     assert not any("Tinytown" in v for v in values(cells))
 
 
-def test_a_town_with_one_subscriber_goes_to_other_or_is_suppressed() -> None:
-    """Too few in the country as well: up to "other", suppressed when "other" is below k too."""
+def test_a_town_with_one_subscriber_goes_to_other_with_the_smallest_cell() -> None:
+    """Too few in the country as well: "other" is below k, so London joins it.
+
+    Suppressing the lone Tinytown subscriber instead would leave the table one
+    subscriber short of every other table: the difference would be them.
+    """
     usage = [use(i, city="London") for i in range(12)] + [use(100, city="Tinytown")]
     cells, suppressed, hidden = generalise(Dimension.CITY, usage, k=K, caps=CAPS)
-    assert values(cells) == ["GB/London"]
-    assert (suppressed, hidden) == (1, 1)
+    assert values(cells) == [OTHER]
+    assert cells[0].subscribers == 13
+    assert (suppressed, hidden) == (0, 0)
     # With nine other small places elsewhere, "other" reaches k and is released.
     usage += [use(300 + i, country="FR", city=f"Village{i}") for i in range(9)]
     cells, suppressed, _ = generalise(Dimension.CITY, usage, k=K, caps=CAPS)
@@ -150,15 +157,87 @@ def test_day_caps_are_24_hourly_caps() -> None:
 
 def test_totals_are_recomputed_from_released_cells_only() -> None:
     usage = [use(i, country="GB", bytes_in=10) for i in range(10)]
-    usage += [use(50 + i, country="FR", bytes_in=1000) for i in range(3)]  # suppressed
+    usage += [use(50 + i, country="FR", bytes_in=1000) for i in range(3)]
     result = rollup(usage, settings=StatsSettings(), period=Period.HOUR)
     rows = cell_rows(Period.HOUR, HOUR, result.cells)
-    country = [r for r in rows if r["dimension"] == "country"]
-    assert [r["value"] for r in country] == ["GB"]
+    assert totals(rows) == totals(cell_rows(Period.HOUR, HOUR, result.cells))
+    sums = totals([r for r in rows if r["dimension"] == "plan"])
+    assert sums["plan"] == {"sessions": 13, "bytes_in": 3100, "bytes_out": 26_000, "seconds": 780}
+    # Only released rows count: dropping one drops its measures from the totals.
+    assert totals(rows[1:]) != totals(rows)
+
+
+# -- differencing: no two released figures subtract to fewer than k subscribers -------
+
+
+def figures(rows: list[dict[str, object]], measure: str) -> list[int]:
+    """Every released figure of one measure: each cell and each table's total."""
+    cells = [int(str(r[measure])) for r in rows]
+    return cells + [sums[measure] for sums in totals(rows).values()]
+
+
+def test_a_country_minus_its_city_no_longer_isolates_one_subscriber() -> None:
+    """(a) GB = 11 and GB/London = 10 gave away the Tinytown subscriber: neither is released now.
+
+    No country table is released next to the city table, and the city table's
+    remainder (Tinytown, 1) takes the smallest cell with it into "other".
+    """
+    usage = [use(i, city="London", bytes_in=10) for i in range(10)]
+    usage += [use(100, city="Tinytown", bytes_in=777_777)]
+    usage += [use(200 + i, country="FR", city="Paris", bytes_in=10) for i in range(12)]
+    result = rollup(usage, settings=StatsSettings(), period=Period.HOUR)
+    rows = cell_rows(Period.HOUR, HOUR, result.cells)
+    assert "country" not in {r["dimension"] for r in rows}
+    city = {r["value"]: r["subscribers"] for r in rows if r["dimension"] == "city"}
+    assert city == {"FR/Paris": 12, OTHER: 11}  # London (the smallest) joined Tinytown
+    # No released figure minus another (cells and table totals, any tables) is
+    # the Tinytown subscriber's traffic.
+    numbers = figures(rows, "bytes_in")
+    assert not any(a - b == 777_777 for a in numbers for b in numbers)
+    assert check_release(rows, k=K, population=result.population) == []
+
+
+def test_tables_with_different_suppression_no_longer_subtract() -> None:
+    """(b) The plan table released all 13, the country table 10: the 3 FR users were the gap.
+
+    Now every table covers the whole period, so all tables' totals agree.
+    """
+    usage = [use(i, country="GB", bytes_in=10) for i in range(10)]
+    usage += [use(50 + i, country="FR", bytes_in=1000) for i in range(3)]
+    result = rollup(usage, settings=StatsSettings(), period=Period.HOUR)
+    rows = cell_rows(Period.HOUR, HOUR, result.cells)
     sums = totals(rows)
-    assert sums["country"] == {"sessions": 10, "bytes_in": 100, "bytes_out": 20_000, "seconds": 600}
-    # Plan "home" holds all 13: the FR users are in that cell, and so in its total.
-    assert sums["plan"]["bytes_in"] == 100 + 3000
+    assert set(sums) == {d.value for d in RELEASED_DIMENSIONS}
+    first = sums["plan"]
+    assert first["bytes_in"] == 100 + 3000
+    assert all(s == first for s in sums.values())
+    assert result.suppressed == 0 and result.suppressed_subscribers == 0
+
+
+def test_a_period_below_k_releases_no_table_at_all() -> None:
+    """Below k in the whole period there is nothing to merge with: every table is empty."""
+    usage = [use(i, country="GB") for i in range(K - 1)]
+    result = rollup(usage, settings=StatsSettings(), period=Period.HOUR)
+    assert result.cells == ()
+    assert result.population == K - 1
+
+
+def test_capping_is_per_subscriber_per_period_so_tables_agree() -> None:
+    """A heavy subscriber in two cities is capped once, not once per city cell."""
+    caps = Caps(sessions=100, bytes=10_000, seconds=10**6)
+    usage = [use(i, city="London", bytes_in=100) for i in range(10)]
+    usage += [use(20 + i, country="FR", city="Paris", bytes_in=100) for i in range(10)]
+    usage += [
+        use(99, city="London", bytes_in=30_000),
+        use(99, country="FR", city="Paris", bytes_in=10_000),
+    ]
+    capped = cap_usage(usage, caps)
+    assert [u.bytes_in for u in capped[-2:]] == [7500, 2500]
+    by_table = {
+        d: sum(c.bytes_in for c in generalise(d, usage, k=K, caps=caps)[0])
+        for d in (Dimension.CITY, Dimension.PLAN)
+    }
+    assert by_table[Dimension.CITY] == by_table[Dimension.PLAN] == 2000 + 10_000
 
 
 @settings(max_examples=60, deadline=None)
@@ -180,10 +259,21 @@ def test_every_rollup_passes_the_validator_and_keeps_k(
     usage = [use(s, country=c, city=t, plan=p, bytes_in=b) for s, c, t, p, b in items]
     result = rollup(usage, settings=StatsSettings(), period=Period.HOUR)
     rows = cell_rows(Period.HOUR, HOUR, result.cells)
-    assert check_release(rows, k=K) == []
+    assert check_release(rows, k=K, population=result.population) == []
+    members = {u.subscriber for u in usage}
     for cell in result.cells:
-        members = {u.subscriber for u in usage}
         assert K <= cell.subscribers <= len(members)
+    # Every table covers the whole period (or, below k, none does): totals agree
+    # and equal the capped usage, so no table minus another leaves a remainder.
+    sums = totals(rows)
+    if len(members) < K:
+        assert sums == {}
+    else:
+        caps = Caps.for_period(StatsSettings(), Period.HOUR)
+        whole = sum(u.bytes_in for u in cap_usage(usage, caps))
+        assert set(sums) == {d.value for d in RELEASED_DIMENSIONS}
+        assert {s["bytes_in"] for s in sums.values()} == {whole}
+        assert result.suppressed_subscribers == 0
 
 
 # -- the validator -------------------------------------------------------------------
@@ -205,14 +295,37 @@ def good_row(**changes: object) -> dict[str, object]:
     return row
 
 
-def problems(rows: list[dict[str, object]], k: int = K) -> set[Problem]:
-    return {v.problem for v in check_release(rows, k=k)}
+def problems(rows: list[dict[str, object]], k: int = K, population: int = 0) -> set[Problem]:
+    return {v.problem for v in check_release(rows, k=k, population=population)}
 
 
 def test_the_validator_accepts_a_clean_table() -> None:
     rows = [good_row(), good_row(dimension="city", value="GB/London", subscribers=40)]
     rows.append(good_row(dimension="nas_port_type", value="Wireless-802.11"))
-    assert check_release(rows, k=K) == []
+    # Plan and port type leave out 30 of the 40: a remainder of at least k is fine.
+    assert check_release(rows, k=K, population=40) == []
+
+
+def test_the_validator_refuses_a_table_leaving_out_fewer_than_k() -> None:
+    """(1) A table whose cells hold 1..k-1 fewer subscribers than the period is refused."""
+    rows = [good_row(subscribers=13), good_row(dimension="city", value="GB", subscribers=10)]
+    found = check_release(rows, k=K, population=13)
+    assert [(v.problem, v.row) for v in found] == [(Problem.REMAINDER_BELOW_K, 1)]
+    assert str(found[0]) == "remainder_below_k in column 'subscribers' (row 1)"
+    # The same table completed with "other", or missing k or more, passes.
+    whole = [rows[0], good_row(dimension="city", value=OTHER, subscribers=13)]
+    assert problems(whole, population=13) == set()
+    assert problems(rows, population=23) == set()
+    assert problems(rows, population=22) == {Problem.REMAINDER_BELOW_K}  # plan: 9 out
+
+
+def test_the_validator_refuses_country_and_city_tables_together() -> None:
+    rows = [
+        good_row(dimension="country", value="GB", subscribers=11),
+        good_row(dimension="city", value="GB/London", subscribers=11),
+    ]
+    assert problems(rows, population=11) == {Problem.NESTED_TABLES}
+    assert problems(rows[:1], population=11) == set()
 
 
 @pytest.mark.parametrize(
@@ -304,7 +417,7 @@ def test_the_validator_rejects_malformed_categories_and_duplicates() -> None:
 
 
 def test_the_refusal_names_rules_never_values() -> None:
-    [violation] = check_release([good_row(value="198.51.100.77")], k=K)
+    [violation] = check_release([good_row(value="198.51.100.77")], k=K, population=10)
     assert "198.51.100.77" not in str(violation)
     assert str(violation) == "ip_address in column 'value' (row 0)"
 
@@ -572,38 +685,55 @@ async def test_a_scripted_day_releases_no_personal_value_or_identifier(
     for h in (10, 14):
         args = argparse.Namespace(action="release", period=Period.HOUR, at=DAY.replace(hour=h))
         assert await stats_command(pg_pool, stats, args, now=now) == 0
-    args = argparse.Namespace(action="release", period=Period.DAY, at=DAY)
-    assert await stats_command(pg_pool, stats, args, now=now) == 0
     out = capsys.readouterr().out
     assert "hour 2030-05-06T14: released 0 cells" in out
 
+    # (c) The day minus its hours would be the hours' hidden subscribers (the three
+    # whose sessions end at 14:xx, a period below k): with hours released, the day
+    # is refused.
+    args = argparse.Namespace(action="release", period=Period.DAY, at=DAY)
+    with pytest.raises(SystemExit) as exit_:
+        await stats_command(pg_pool, stats, args, now=now)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("the day 2030-05-06 overlaps released hours; one granularity per day")
+    assert len(err.splitlines()) == 1
+    assert await db.fetchval("SELECT count(*) FROM stats_releases WHERE period = 'day'") == 0
+
     rows = await released(pg_pool)
-    by_cell = {(r["period"], r["dimension"], r["value"]): r for r in rows}
-    hour = {(d, v): r for (p, d, v), r in by_cell.items() if p == "hour"}
+    assert {r["period"] for r in rows} == {"hour"}
+    hour = {(r["dimension"], r["value"]): r for r in rows}
     # 12 London + 9 Paris users end at 10:xx; Tinytown and the NAS-placed three are too few.
     assert hour["city", "GB/London"]["subscribers"] == 11
-    assert ("city", "FR/Paris") not in hour  # 9: suppressed, and "other" (9 + 4) takes them
+    assert ("city", "FR/Paris") not in hour  # 9: suppressed, and "other" (9 + 3) takes them
     assert hour["city", "other"]["subscribers"] == 9 + 3
-    assert hour["country", "GB"]["subscribers"] == 11 + 3  # Manchester NAS users are GB
-    assert hour["nas_group", "north-ring"]["subscribers"] == 6 + 5 + 3
+    assert "country" not in {d for d, _ in hour}  # the city table holds the countries
+    # The south NAS's 9 ("cisco") are below k: north-ring (14) joins them in "other"
+    # rather than leave a 9-subscriber gap between this table and the others.
+    assert hour["nas_group", "other"]["subscribers"] == 6 + 5 + 3 + 9
+    assert ("nas_group", "north-ring") not in hour
     assert {v for d, v in hour if d == "nas_port_type"} <= {"Ethernet", "Wireless-802.11"}
-    day = {(d, v): r for (p, d, v), r in by_cell.items() if p == "day"}
-    assert day["city", "GB/London"]["subscribers"] == 12
-    assert day["city", "FR/Paris"]["subscribers"] == 10
-    assert not any("Tinytown" in str(v) or "Manchester" in str(v) for _, v in day)
-    # The heavy user's 1 TB is capped at 24 x 1 GB in every day cell.
-    light = sum(9000 * (n + 1) for n in range(12, 25) if n != 22)
-    assert day["plan", "biz-500"]["bytes_out"] == light + 24 * 10**9
+    sums = totals(rows)
+    assert len({json.dumps(v) for v in sums.values()}) == 1  # every table, same totals
 
-    # Totals in the outbox message are the sums of the released cells.
     messages = await db.fetch(
         "SELECT idempotency_key, payload FROM feed_outbox WHERE topic = 'stats' ORDER BY id"
     )
     assert [m["idempotency_key"] for m in messages] == [
         "stats:hour:2030-05-06T10",
         "stats:hour:2030-05-06T14",
-        "stats:day:2030-05-06",
     ]
+    await assert_nothing_personal(db, people, rows, messages)
+    assert "totals (released cells only):" in "\n".join(show_lines(rows))
+
+
+async def assert_nothing_personal(
+    db: asyncpg.Connection[asyncpg.Record],
+    people: list[Person],
+    rows: list[dict[str, object]],
+    messages: list[asyncpg.Record],
+) -> None:
+    """Outbox totals match the cells, and no personal value or identifier is released."""
     for m in messages:
         body = json.loads(m["payload"])
         mine = [r for r in rows if r["bucket"] == body["bucket"]]
@@ -634,7 +764,6 @@ async def test_a_scripted_day_releases_no_personal_value_or_identifier(
         "period", "bucket", "dimension", "value", "sessions", "subscribers",
         "bytes_in", "bytes_out", "seconds",
     }  # fmt: skip
-    assert "totals (released cells only):" in "\n".join(show_lines(rows))
 
 
 async def test_a_release_is_refused_whole_when_a_value_breaks_a_rule(
@@ -646,9 +775,9 @@ async def test_a_release_is_refused_whole_when_a_value_breaks_a_rule(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """An operator named a NAS group after its MAC: the release exits 1 and writes nothing."""
-    await scripted_day(pg_pool, system_keys, master_keys, data_keys, db)
+    people = await scripted_day(pg_pool, system_keys, master_keys, data_keys, db)
     await db.execute("UPDATE nas SET nas_group = '02:5A:00:00:99:01' WHERE name = 'stats-north'")
-    stats = StatsSettings()
+    stats = StatsSettings(max_bytes=10**9)
     now = DAY + timedelta(days=1)
     with pytest.raises(ReleaseRefused) as info:
         await release(pg_pool, stats, period=Period.DAY, start=DAY, now=now)
@@ -669,6 +798,29 @@ async def test_a_release_is_refused_whole_when_a_value_breaks_a_rule(
     again = await release(pg_pool, stats, period=Period.DAY, start=DAY, now=now)
     assert first.rows and not first.already_released and again.already_released
     assert await db.fetchval("SELECT count(*) FROM feed_outbox WHERE topic = 'stats'") == 1
+
+    day = {(r["dimension"], r["value"]): r for r in first.rows}
+    assert day["city", "GB/London"]["subscribers"] == 12
+    # Tinytown (1) and the Manchester NAS's three make a GB remainder of 4: Paris,
+    # the smallest cell, joins them in "other" instead of leaving a gap of 4.
+    assert day["city", OTHER]["subscribers"] == 10 + 1 + 3
+    assert not any(w in str(v) for w in ("Tinytown", "Manchester", "Paris") for _, v in day)
+    # The heavy user's 1 TB is capped at 24 x 1 GB for the day.
+    light = sum(9000 * (n + 1) for n in range(12, 25) if n != 22)
+    assert day["plan", "biz-500"]["bytes_out"] == light + 24 * 10**9
+    assert len({json.dumps(v) for v in totals(list(first.rows)).values()}) == 1
+    messages = await db.fetch("SELECT payload FROM feed_outbox WHERE topic = 'stats'")
+    await assert_nothing_personal(db, people, await released(pg_pool), messages)
+
+    # (c) The other way round: with the day released, none of its hours is.
+    with pytest.raises(GranularityConflict) as conflict:
+        await release(pg_pool, stats, period=Period.HOUR, start=DAY.replace(hour=10), now=now)
+    assert str(conflict.value) == (
+        "the hour 2030-05-06T10 overlaps released day; one granularity per day"
+    )
+    later = await release(pg_pool, stats, period=Period.HOUR, start=DAY + timedelta(days=-1),
+                          now=now)  # fmt: skip
+    assert not later.already_released  # the day before is free
 
 
 async def test_a_period_that_has_not_ended_is_not_released(pg_pool: Pool) -> None:

@@ -2,7 +2,8 @@
 
 Composition root: turns parsed arguments into ``store.stats`` calls and
 prints results. A release the validator refuses exits 1 with the broken
-rules named (never a value); nothing is written then.
+rules named (never a value); nothing is written then. So does a release of
+a day some hour of which is released, or of an hour whose day is.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from ispcare_radius.privacy.anon import (
     totals,
 )
 from ispcare_radius.store.db import Pool
-from ispcare_radius.store.stats import PeriodNotOver, ReleaseRefused, release, released
+from ispcare_radius.store.stats import (
+    GranularityConflict,
+    PeriodNotOver,
+    ReleaseRefused,
+    release,
+    released,
+)
 
 
 def period(text: str) -> Period:
@@ -88,7 +95,7 @@ async def stats_command(
         start = period_to_release(settings, args.period, args.at, now)
         try:
             done = await release(pool, settings, period=args.period, start=start, now=now)
-        except PeriodNotOver as exc:
+        except (PeriodNotOver, GranularityConflict) as exc:
             die(str(exc))
         except ReleaseRefused as exc:
             die(f"release refused, nothing written: {exc}")

@@ -10,10 +10,23 @@ The rules (DESIGN.md section 7):
   below k);
 - a cell is released only with at least k distinct subscribers behind it;
   a cell below k is generalised first (city -> country -> "other", any
-  other category -> "other") and suppressed only when "other" is still
-  below k;
-- each subscriber's contribution to a cell is capped (sessions, bytes,
-  seconds), so one heavy user cannot dominate a cell;
+  other category -> "other");
+- complementary suppression: what a table leaves out holds no subscriber
+  or at least k. When "other" is still below k, the smallest released cell
+  is merged into it until it reaches k; with no cell left to merge (the
+  whole period has fewer than k subscribers) the table releases nothing.
+  So every table covers the whole period, and subtracting one table's total
+  from another's (or a cell from the rest) never isolates a small group;
+- no table for a level another table generalises: the city table already
+  holds country cells ("GB" is "GB outside any released city"), so no
+  separate country table is released. Two tables of one hierarchy, each
+  generalised on its own, differ by exactly the small places one of them
+  hid (country GB = 11 minus city GB/London = 10 is one person). Country
+  figures are the sums of the city cells with that country prefix;
+- each subscriber's usage in a period is capped once (sessions, bytes,
+  seconds) before any table is built, so one heavy user cannot dominate a
+  cell and every table sums the same capped usage: totals agree across
+  tables instead of differing by how a heavy user's sessions were split;
 - totals are computed from released cells only.
 
 Subscriber numbers appear in the input only, to count distinct subscribers;
@@ -44,6 +57,12 @@ class Dimension(StrEnum):
     PLAN = "plan"
     NAS_GROUP = "nas_group"
     NAS_PORT_TYPE = "nas_port_type"
+
+
+# The tables a release holds. COUNTRY is not one of them: the city table
+# generalises to countries itself, and a country table next to it would
+# differ from it by exactly the subscribers of the small places it hid.
+RELEASED_DIMENSIONS: Final = tuple(d for d in Dimension if d is not Dimension.COUNTRY)
 
 
 class Period(StrEnum):
@@ -173,11 +192,16 @@ class Cell:
 
 @dataclass(frozen=True, slots=True)
 class Rollup:
-    """The cells of one period: released, and how many candidate cells were suppressed."""
+    """The cells of one period: released, and how many candidate cells were suppressed.
+
+    ``population`` is the period's distinct subscribers: the validator checks
+    each table's cells against it (privacy/anon_check.py).
+    """
 
     cells: tuple[Cell, ...]
     suppressed: int
     suppressed_subscribers: int
+    population: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +277,7 @@ class _Acc:
 
 
 def _cell(dimension: Dimension, value: str, members: Mapping[int, _Acc], caps: Caps) -> Cell:
-    """Sum a cell's members, each capped: the cap applies per subscriber per cell."""
+    """Sum a cell's members, each capped (a no-op after ``cap_usage``; a backstop)."""
     return Cell(
         dimension=dimension,
         value=value,
@@ -263,6 +287,72 @@ def _cell(dimension: Dimension, value: str, members: Mapping[int, _Acc], caps: C
         bytes_out=sum(min(a.bytes_out, caps.bytes) for a in members.values()),
         seconds=sum(min(a.seconds, caps.seconds) for a in members.values()),
     )
+
+
+def _scaled(value: int, cap: int, total: int) -> int:
+    return value if total <= cap else value * cap // total
+
+
+def cap_usage(usage: Iterable[Usage], caps: Caps) -> list[Usage]:
+    """Each subscriber's usage scaled down so their period total stays within the caps.
+
+    Capping once per subscriber and period (not per cell) gives every usage
+    one fixed value whatever table it lands in, so all tables sum the same
+    usage. Over a cap, each of the subscriber's usages keeps its share of the
+    cap (rounded down, so the sum never exceeds it).
+    """
+    items = list(usage)
+    sums: dict[int, _Acc] = defaultdict(_Acc)
+    for u in items:
+        sums[u.subscriber].add(u)
+    out = []
+    for u in items:
+        t = sums[u.subscriber]
+        out.append(
+            Usage(
+                subscriber=u.subscriber,
+                categories=u.categories,
+                sessions=_scaled(u.sessions, caps.sessions, t.sessions),
+                bytes_in=_scaled(u.bytes_in, caps.bytes, t.bytes_in),
+                bytes_out=_scaled(u.bytes_out, caps.bytes, t.bytes_out),
+                seconds=_scaled(u.seconds, caps.seconds, t.seconds),
+            )
+        )
+    return out
+
+
+def _merge(into: dict[int, _Acc], members: Mapping[int, _Acc]) -> None:
+    for sid, acc in members.items():
+        into.setdefault(sid, _Acc()).add(acc)
+
+
+def _complete(
+    released: dict[str, dict[int, _Acc]], rest: dict[int, _Acc], k: int
+) -> dict[int, _Acc]:
+    """Complementary suppression: bring the unreleased remainder to 0 or at least k.
+
+    A remainder of 1..k-1 subscribers would be the difference between this
+    table and any table that covers them. It joins "other" when "other" is
+    released; else the smallest released cells are merged into it (one is
+    enough: each holds k) and it is released as "other". Returns what stays
+    suppressed: empty, or everything when the period is below k.
+    """
+    if not rest:
+        return rest
+    if OTHER in released:
+        _merge(released[OTHER], rest)
+        return {}
+    while len(rest) < k and released:
+        smallest = min(released, key=lambda v: (len(released[v]), v))
+        _merge(rest, released.pop(smallest))
+    if len(rest) < k:
+        # Nothing left to merge: the whole table is below k and is not released.
+        for members in released.values():
+            _merge(rest, members)
+        released.clear()
+        return rest
+    released[OTHER] = rest
+    return {}
 
 
 def generalise(
@@ -275,13 +365,16 @@ def generalise(
     up the ladder. A subscriber's usage that falls in two groups counts in
     each; a released value met again later (a category literally named
     "other") is merged into the released cell, which keeps it at or above k.
+    What is left below k at the top is completed by ``_complete``, so the
+    cells cover every subscriber of the period or none.
     """
     if k < MIN_K:
         raise ValueError(f"k must be at least {MIN_K}")
-    pending = [(ladder(dimension, u.categories), u) for u in usage]
+    pending = [(ladder(dimension, u.categories), u) for u in cap_usage(usage, caps)]
     released: dict[str, dict[int, _Acc]] = {}
+    rest: dict[int, _Acc] = {}
     depth = max((len(steps) for steps, _ in pending), default=0)
-    suppressed = suppressed_subscribers = 0
+    suppressed = 0
     for level in range(depth):
         groups: dict[str, list[tuple[tuple[str | None, ...], Usage]]] = defaultdict(list)
         carried = []
@@ -297,30 +390,33 @@ def generalise(
             for _, u in items:
                 members[u.subscriber].add(u)
             if len(members) >= k or value in released:
-                into = released.setdefault(value, defaultdict(_Acc))
-                for sid, acc in members.items():
-                    into[sid].add(acc)
+                _merge(released.setdefault(value, {}), members)
             elif level == depth - 1 or all(len(s) <= level + 1 for s, _ in items):
                 suppressed += 1
-                suppressed_subscribers += len(members)
+                _merge(rest, members)
             else:
                 pending.extend(items)
+    before = len(released)
+    hidden = _complete(released, rest, k)
+    # Merged into "other", nothing is suppressed; with the table below k, all of it is.
+    suppressed = suppressed + before if hidden else 0
     cells = [_cell(dimension, value, members, caps) for value, members in released.items()]
     cells.sort(key=lambda c: (c.value == OTHER, -c.subscribers, c.value))
-    return cells, suppressed, suppressed_subscribers
+    return cells, suppressed, len(hidden)
 
 
 def rollup(usage: Sequence[Usage], *, settings: StatsSettings, period: Period) -> Rollup:
-    """Every dimension's released cells for one period's usage."""
+    """Every released dimension's cells for one period's usage."""
     caps = Caps.for_period(settings, period)
     cells: list[Cell] = []
     suppressed = suppressed_subscribers = 0
-    for dimension in Dimension:
+    for dimension in RELEASED_DIMENSIONS:
         out, n, s = generalise(dimension, usage, k=settings.k, caps=caps)
         cells.extend(out)
         suppressed += n
         suppressed_subscribers += s
-    return Rollup(tuple(cells), suppressed, suppressed_subscribers)
+    population = len({u.subscriber for u in usage})
+    return Rollup(tuple(cells), suppressed, suppressed_subscribers, population)
 
 
 MEASURES: Final = ("sessions", "bytes_in", "bytes_out", "seconds")

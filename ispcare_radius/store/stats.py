@@ -12,6 +12,13 @@ opened it (the latest accepted auth event on or before the session start,
 preferring the same NAS), else from the NAS location; plan and NAS group
 from the subscriber's plan and the NAS. Sessions of unknown users
 (subscriber 0) are not subscribers and are left out.
+
+One granularity per day: a DAY release is refused once any hour of that day
+is released, and an HOUR release once its day is. A day table minus its 24
+hour tables would otherwise be exactly the subscribers the hour tables hid.
+Refusing was chosen over building days from released hours: distinct
+subscribers do not add up across hours, and a day's caps are not the sum of
+24 hours' caps, so a summed day would be wrong where it is not leaky.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from ispcare_radius.privacy.anon import (
     Usage,
     bucket_end,
     bucket_label,
+    bucket_start,
     cell_rows,
     rollup,
     totals,
@@ -86,6 +94,25 @@ class PeriodNotOver(ValueError):
     """The period asked for has not ended yet: its sessions are still closing."""
 
 
+class GranularityConflict(ValueError):
+    """The day is already released at the other granularity (hours vs the whole day)."""
+
+
+_OVERLAP_SQL: Final = """
+SELECT 1 FROM stats_releases
+WHERE period <> $1 AND bucket < $3 AND bucket + CASE period WHEN 'day' THEN interval '1 day'
+      ELSE interval '1 hour' END > $2
+LIMIT 1
+"""
+
+
+async def overlapping_release(
+    conn: Connection, period: Period, start: datetime, end: datetime
+) -> bool:
+    """Whether a release of the other granularity overlaps [start, end)."""
+    return bool(await conn.fetchval(_OVERLAP_SQL, period.value, start, end))
+
+
 @dataclass(frozen=True, slots=True)
 class Release:
     """What one ``release`` did: the rows released (empty when already released)."""
@@ -141,27 +168,35 @@ async def release(
 
     A period is released once: a second call finds it in ``stats_releases``
     and returns ``already_released``. Raises ``PeriodNotOver`` for a period
-    that has not ended by ``now`` and ``ReleaseRefused`` when the validator
-    rejects the table (nothing is written then).
+    that has not ended by ``now``, ``GranularityConflict`` when the day is
+    released at the other granularity, and ``ReleaseRefused`` when the
+    validator rejects the table (nothing is written then).
     """
     end = bucket_end(period, start)
     if end > now:
         raise PeriodNotOver(f"the {period.value} {bucket_label(period, start)} has not ended yet")
     async with acquire(pool) as conn, conn.transaction():
-        # Two releases of one period serialise here; the second sees the first's row.
+        # All releases of one day serialise here (hours and the day alike), so the
+        # granularity check below cannot race; the second sees the first's row.
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtext('stats_release'), $1)",
-            int(start.timestamp()) // 3600,
+            int(bucket_start(Period.DAY, start).timestamp()) // 86_400,
         )
         done = await conn.fetchval(
             "SELECT 1 FROM stats_releases WHERE period = $1 AND bucket = $2", period.value, start
         )
         if done:
             return Release(period, start, (), 0, already_released=True)
+        if await overlapping_release(conn, period, start, end):
+            other = "hours" if period is Period.DAY else "day"
+            raise GranularityConflict(
+                f"the {period.value} {bucket_label(period, start)} overlaps released {other};"
+                " one granularity per day"
+            )
         usage = await read_usage(conn, start, end)
         result = rollup(usage, settings=settings, period=period)
         rows = cell_rows(period, start, result.cells)
-        problems = check_release(rows, k=settings.k)
+        problems = check_release(rows, k=settings.k, population=result.population)
         if problems:
             raise ReleaseRefused(problems)
         await conn.execute(
