@@ -366,6 +366,109 @@ async def test_writer_waiting_on_a_reencryption_seals_with_the_new_key(
     assert await _open_everything(pg_pool, sid, new) > 0
 
 
+async def test_reencrypt_commits_each_subscriber_and_pages_their_rows(
+    pg_pool: Pool,
+    system_keys: SystemKeys,
+    master_keys: MasterKeys,
+    repo: SubscriberRepository,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the re-encryption waits on one subscriber's rows, the subscribers
+    before it are already committed: an accounting writer waits for at most
+    one subscriber, never a batch. Rows are read a page at a time (pages of
+    2 here) and every page is re-sealed with the new key."""
+    import asyncio
+
+    # Long enough that the wait below is seen before the re-encryption gives up.
+    monkeypatch.setattr(rotation, "_LOCK_TIMEOUT", "60s")
+    writer_keys = DataKeyCache(master_keys)
+    ids = await _people(repo, DeviceRepository(pg_pool, system_keys.blind_index, writer_keys))
+    order = sorted(ids.values())
+    before: dict[int, int] = {}
+    for sid in order:
+        await _seal_rows(pg_pool, writer_keys, sid, 5)
+        wrapped = await pg_pool.fetchval("SELECT wrapped_key FROM subscribers WHERE id = $1", sid)
+        before[sid] = await _open_everything(pg_pool, sid, writer_keys.cipher(sid, bytes(wrapped)))
+    held = order[3]
+    await rotation.start_reencrypt(pg_pool)
+    loop = asyncio.get_running_loop()
+    async with pg_pool.acquire() as blocker:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute(
+            "SELECT 1 FROM acct_records WHERE subscriber_id = $1 FOR UPDATE", held
+        )
+        task = asyncio.create_task(
+            rotation.reencrypt_pending(pg_pool, master_keys, batch_size=100, chunk_rows=2)
+        )
+        deadline = loop.time() + 10
+        waiting = 0
+        while not waiting and loop.time() < deadline and not task.done():
+            waiting = await blocker.fetchval(
+                "SELECT count(*) FROM pg_locks"
+                " WHERE NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+            )
+        assert waiting, "the re-encryption never waited for the held rows"
+        done = await pg_pool.fetch(
+            "SELECT id FROM subscribers WHERE NOT reencrypt_pending ORDER BY id"
+        )
+        await tx.commit()
+    assert [int(r["id"]) for r in done] == order[:3]
+    report = await asyncio.wait_for(task, 30)
+    assert (report.subscribers, report.pending, report.skipped) == (len(PEOPLE), 0, [])
+    assert report.values == sum(before.values())
+    for sid in order:
+        wrapped = await pg_pool.fetchval("SELECT wrapped_key FROM subscribers WHERE id = $1", sid)
+        new = DataKeyCache(master_keys).cipher(sid, bytes(wrapped))
+        assert new.version == 2
+        assert await _open_everything(pg_pool, sid, new) == before[sid]
+
+
+async def test_reencrypt_marks_named_subscribers_even_when_resuming(
+    pg_pool: Pool, system_keys: SystemKeys, master_keys: MasterKeys, repo: SubscriberRepository
+) -> None:
+    """``keys reencrypt --subscriber-id N`` with a stopped run still pending: the
+    run is resumed and N is done too, not silently left out."""
+    ids = await _people(
+        repo, DeviceRepository(pg_pool, system_keys.blind_index, DataKeyCache(master_keys))
+    )
+    order = sorted(ids.values())
+    assert await rotation.start_reencrypt(pg_pool, subscriber_ids=order[:2]) == (2, False)
+    assert await rotation.start_reencrypt(pg_pool, subscriber_ids=[order[4]]) == (3, True)
+    # Naming an already pending subscriber adds nothing.
+    assert await rotation.start_reencrypt(pg_pool, subscriber_ids=[order[0]]) == (3, True)
+    assert await rotation.start_reencrypt(pg_pool) == (3, True)
+    report = await rotation.reencrypt_pending(pg_pool, master_keys)
+    assert (report.subscribers, report.pending) == (3, 0)
+    rows = await pg_pool.fetch("SELECT id FROM subscribers WHERE data_key_version = 2 ORDER BY id")
+    assert [int(r["id"]) for r in rows] == [order[0], order[1], order[4]]
+    audit = await pg_pool.fetch(
+        "SELECT detail FROM audit_log WHERE action = 'keys.reencrypt_start' ORDER BY id"
+    )
+    assert [r["detail"] for r in audit] == [{"subscribers": 2}, {"subscribers": 1, "resumed": 2}]
+
+
+async def test_new_subscribers_record_the_master_key_that_wrapped_them(
+    pg_pool: Pool, system_keys: SystemKeys, master_keys: MasterKeys, key_path: Path
+) -> None:
+    """A process that re-read the key file after ``keys rotate`` added version 2
+    wraps new data keys under 2, and ``kek_version`` says 2 (not the version
+    loaded at start), so ``keys retire 1`` does not count them nor miss them."""
+    from ispcare_radius.store.importer import ImportRow
+
+    cache = DataKeyCache(master_keys, reload=lambda: load_master_keys(key_path, env={}))
+    repo = SubscriberRepository(pg_pool, system_keys, master_keys, cache)
+    assert add_key_version(key_path) == 2
+    assert cache.reload_masters()
+    await repo.add("fresh@example.test", "pw-fresh-secret", plan=None)
+    assert await repo.import_rows([ImportRow(user_name="bulk@example.test", password="pw-b")]) == 1
+    rows = await pg_pool.fetch("SELECT kek_version, wrapped_key FROM subscribers")
+    assert len(rows) == 2
+    for row in rows:
+        assert key_version(bytes(row["wrapped_key"])) == row["kek_version"] == 2
+    assert (await rotation.kek_usage(pg_pool, 1))["data_keys"] == 0
+
+
 async def test_every_sealed_column_has_a_known_key(pg_pool: Pool) -> None:
     """Each ``*_enc`` column in the schema is either re-encrypted with its
     subscriber's data key or listed with the key that seals it: a new sealed

@@ -220,7 +220,8 @@ async def test_export_holds_every_value_written_for_the_subject(
     }
 
     assert doc["subscriber_id"] == day.anna
-    assert [e["result"] for e in doc["login_history"]] == ["accept", "reject"]
+    # Both events share T0, so their order (time, then a random id) is not fixed.
+    assert sorted(e["result"] for e in doc["login_history"]) == ["accept", "reject"]
     assert {e["calling_station_id"] for e in doc["login_history"]} == {ANNA_STATION}
     [session] = doc["sessions"]
     assert session["state"] == "closed" and session["readable"] == "ok"
@@ -441,6 +442,39 @@ async def test_update_own_data_refuses_what_is_not_the_subscribers(
         await update(999_999, password="x-pw-1")
     assert await _audit(pg_pool, "subscriber.set") == []
     assert await _stored(pg_pool, data_keys, day.anna, Column.PASSWORD) == ANNA["password"].encode()
+
+
+async def test_update_own_data_never_lands_on_who_holds_the_name_now(
+    day: Day,
+    pg_pool: Pool,
+    system_keys: SystemKeys,
+    master_keys: MasterKeys,
+    data_keys: DataKeyCache,
+) -> None:
+    """Anna is found by id and her change is made by user name. Here her name
+    has since passed to another subscriber (the state a rename in between
+    leaves: her row still holds the name read, the lookup points elsewhere).
+    The change is refused; neither Anna nor the newcomer is touched."""
+    await pg_pool.execute(
+        "DELETE FROM subscriber_lookup WHERE subscriber_id = $1 AND kind = 'user_name'", day.anna
+    )
+    other = await day.repo.add(ANNA["user_name"], "ex-pw-Zo77", plan=None)
+    with pytest.raises(selfcare.SubjectChanged):
+        await selfcare.update_own_data(
+            pg_pool,
+            system_keys,
+            master_keys,
+            data_keys,
+            day.anna,
+            changes={"password": "ex-new-Pw-41"},
+        )
+    assert await _stored(pg_pool, data_keys, other, Column.PASSWORD) == b"ex-pw-Zo77"
+    assert await _stored(pg_pool, data_keys, day.anna, Column.PASSWORD) == ANNA["password"].encode()
+    assert await _audit(pg_pool, "subscriber.set") == []
+    # The repository's guard itself: the expected id must be the one found.
+    assert not await day.repo.set(ANNA["user_name"], subscriber_id=day.anna, password="ex-pw-1")
+    assert await day.repo.set(ANNA["user_name"], subscriber_id=other, password="ex-pw-Zo78")
+    assert await _stored(pg_pool, data_keys, other, Column.PASSWORD) == b"ex-pw-Zo78"
 
 
 async def test_update_own_password_keeps_the_credential_forms(

@@ -18,7 +18,7 @@ import asyncpg
 
 from ispcare_radius.aaa.methods.credentials import parse_nt_hash, parse_scrypt
 from ispcare_radius.aaa.model import MacBinding, SubscriberStatus
-from ispcare_radius.privacy.crypto import FieldCipher
+from ispcare_radius.privacy.crypto import FieldCipher, key_version
 from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.store import fields
 from ispcare_radius.store.db import Connection, Pool, acquire
@@ -205,7 +205,6 @@ class _Encoder:
         self, keys: SystemKeys, masters: MasterKeys, data_keys: DataKeyCache, plans: dict[str, int]
     ) -> None:
         self._index = keys.blind_index
-        self._kek_version = masters.primary_version
         self._data_keys = data_keys
         self._plans = plans
         self._seen: dict[tuple[str, bytes], int] = {}
@@ -258,7 +257,8 @@ class _Encoder:
                 plan_id,
                 expires,
                 wrapped,
-                self._kek_version,
+                # The version that wrapped it: the key file may have been re-read.
+                key_version(wrapped),
                 fields.seal(cipher, Column.USER_NAME, sid, row.user_name.encode("utf-8")),
                 fields.seal(cipher, Column.PASSWORD, sid, password),
                 fields.seal(cipher, Column.STATIC_IPV4, sid, None if ipv4 is None else ipv4.packed),

@@ -4,8 +4,8 @@ Imports privacy and store; never server or cli. DESIGN.md section 5: a KEK
 rotation re-wraps every wrapped key under the primary master key (the data
 stays as it is); a data-key re-encryption gives each subscriber a new data
 key and re-seals every value sealed with the old one, in every table. Both
-work in batches that commit one by one and pick up where a stopped run left
-off; the server keeps serving meanwhile.
+commit as they go (a re-wrap batch, one re-encrypted subscriber) and pick up
+where a stopped run left off; the server keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ Progress = Callable[[int], None]
 # subscriber for a later pass instead of stalling behind it.
 _LOCK_TIMEOUT: Final = "2s"
 _UPDATE_CHUNK: Final = 1000
+# Rows of one table read per fetch while re-sealing one subscriber's values.
+_PAGE_ROWS: Final = 5000
 
 
 def _no_progress(_: int) -> None:
@@ -327,15 +329,33 @@ async def start_reencrypt(
 ) -> tuple[int, bool]:
     """Mark subscribers for a new data key; (pending count, whether a run was resumed).
 
-    With rows still marked from a run that stopped, nothing new is marked:
-    the run is resumed. Otherwise every subscriber (or ``subscriber_ids``) is
-    marked. Subscribers added later get a fresh key anyway.
+    With rows still marked from a run that stopped, the run is resumed: only
+    ``subscriber_ids``, if given, are marked besides (an operator naming a
+    subscriber expects that one done, whatever else is pending). Otherwise
+    every subscriber (or ``subscriber_ids``) is marked. Subscribers added
+    later get a fresh key anyway.
     """
     async with acquire(pool) as conn, conn.transaction():
         pending = int(
             await conn.fetchval("SELECT count(*) FROM subscribers WHERE reencrypt_pending")
         )
         if pending:
+            if subscriber_ids:
+                status = await conn.execute(
+                    "UPDATE subscribers SET reencrypt_pending = true"
+                    " WHERE id = ANY($1::bigint[]) AND NOT reencrypt_pending",
+                    list(subscriber_ids),
+                )
+                added = int(status.split()[-1])
+                if added:
+                    await audit(
+                        conn,
+                        actor,
+                        "keys.reencrypt_start",
+                        None,
+                        {"subscribers": added, "resumed": pending},
+                    )
+                pending += added
             return pending, True
         if subscriber_ids is None:
             status = await conn.execute(
@@ -362,15 +382,54 @@ async def _table_exists(conn: Connection, table: str) -> bool:
 
 
 async def _reseal_table(
-    conn: Connection, spec: SealedTable, sid: int, old: FieldCipher, new: FieldCipher
+    conn: Connection,
+    spec: SealedTable,
+    sid: int,
+    old: FieldCipher,
+    new: FieldCipher,
+    *,
+    chunk_rows: int = _PAGE_ROWS,
 ) -> int:
+    """Re-seal one subscriber's rows of ``spec.table``, ``chunk_rows`` at a time.
+
+    Rows are paged by their key (keyset, each page locked ``FOR UPDATE``) so
+    that a subscriber with a long accounting history never sits in memory
+    whole. No page is missed or met twice: writers wait on the subscriber row
+    this transaction holds, and re-sealing leaves the keys as they are.
+    """
     names = [k for k, _ in spec.keys]
     wanted = list(dict.fromkeys([*names, *spec.select]))
     enc = [f"{c}_enc" for c in spec.columns]
-    rows = await conn.fetch(
-        f"SELECT {', '.join(wanted + enc)} FROM {spec.table} WHERE subscriber_id = $1 FOR UPDATE",
-        sid,
-    )
+    head = f"SELECT {', '.join(wanted + enc)} FROM {spec.table} WHERE subscriber_id = $1"
+    order = f" ORDER BY {', '.join(names)} LIMIT $2 FOR UPDATE"
+    marks = ", ".join(f"${i + 3}::{kind}" for i, (_, kind) in enumerate(spec.keys))
+    after_clause = f" AND ({', '.join(names)}) > ({marks})"
+    count = 0
+    after: tuple[Any, ...] | None = None
+    while True:
+        if after is None:
+            chunk = await conn.fetch(head + order, sid, chunk_rows)
+        else:
+            chunk = await conn.fetch(head + after_clause + order, sid, chunk_rows, *after)
+        if not chunk:
+            return count
+        after = tuple(chunk[-1][k] for k in names)
+        count += await _reseal_chunk(conn, spec, sid, old, new, chunk)
+        if len(chunk) < chunk_rows:
+            return count
+
+
+async def _reseal_chunk(
+    conn: Connection,
+    spec: SealedTable,
+    sid: int,
+    old: FieldCipher,
+    new: FieldCipher,
+    rows: Sequence[Any],
+) -> int:
+    """Write one page of re-sealed values back, ``_UPDATE_CHUNK`` rows per statement."""
+    names = [k for k, _ in spec.keys]
+    enc = [f"{c}_enc" for c in spec.columns]
     count = 0
     for start in range(0, len(rows), _UPDATE_CHUNK):
         chunk = rows[start : start + _UPDATE_CHUNK]
@@ -400,9 +459,18 @@ async def _reseal_table(
 
 
 async def _reencrypt_one(
-    conn: Connection, masters: MasterKeys, row: Any, tables: Sequence[SealedTable]
+    conn: Connection,
+    masters: MasterKeys,
+    row: Any,
+    tables: Sequence[SealedTable],
+    *,
+    chunk_rows: int = _PAGE_ROWS,
 ) -> int:
-    """Give one locked subscriber row a new data key and re-seal all their values."""
+    """Give one locked subscriber row a new data key and re-seal all their values.
+
+    Runs inside the caller's transaction: the new wrapped key and every value
+    re-sealed with it commit together, or none does.
+    """
     sid = int(row["id"])
     old = unwrap_data_key(masters, sid, bytes(row["wrapped_key"]))
     wrapped, new = new_wrapped_data_key(masters, sid, int(row["data_key_version"]) + 1)
@@ -412,7 +480,7 @@ async def _reencrypt_one(
     await conn.execute("SELECT 1 FROM acct_pending WHERE subscriber_id = $1 FOR UPDATE", sid)
     count = 0
     for spec in tables:
-        count += await _reseal_table(conn, spec, sid, old, new)
+        count += await _reseal_table(conn, spec, sid, old, new, chunk_rows=chunk_rows)
     enc = [f"{c.value}_enc" for c in fields.Column]
     values = [
         _reseal(old, new, row[name], fields.aad(column, sid))
@@ -445,57 +513,68 @@ async def reencrypt_pending(
     limit: int | None = None,
     progress: Progress = _no_progress,
     actor: str = "system",
+    chunk_rows: int = _PAGE_ROWS,
 ) -> ReencryptReport:
-    """Re-encrypt the subscribers marked by ``start_reencrypt``, ``batch_size`` per
+    """Re-encrypt the subscribers marked by ``start_reencrypt``, one subscriber per
     transaction, at most ``limit`` of them (None: all); see the module docstring.
 
     Each subscriber row is locked ``FOR UPDATE``: accounting, auth-event and
     flag writers lock it ``FOR KEY SHARE`` (keyring.live_subscriber_ciphers)
     and operator changes ``FOR UPDATE``, so a write either commits before the
     re-encryption reads the rows (and is re-sealed) or waits and then seals
-    with the new key. A subscriber whose rows another transaction holds past
-    the lock timeout, or with a value that will not open, stays marked and is
-    reported; the next run retries it.
+    with the new key. Committing after every subscriber keeps that wait to
+    one subscriber's rows: an accounting batch replies only after its commit,
+    and a lock held across many subscribers would make the NAS time out.
+    Each table's rows are read ``chunk_rows`` at a time. A subscriber whose
+    rows another transaction holds past the lock timeout, or with a value
+    that will not open, stays marked and is reported; the next run retries it.
+
+    ``batch_size`` only sets how many subscribers go to one ``progress`` call.
     """
-    if batch_size < 1:
-        raise ValueError("batch_size must be positive")
+    if batch_size < 1 or chunk_rows < 1:
+        raise ValueError("batch_size and chunk_rows must be positive")
     report = ReencryptReport()
     enc = ", ".join(f"{c.value}_enc" for c in fields.Column)
     async with acquire(pool) as conn:
         tables = [t for t in SUBSCRIBER_TABLES if await _table_exists(conn, t.table)]
+        # Ids at or below ``after`` were tried in this run: a subscriber left
+        # marked (skipped, failed) waits for the next run instead of looping.
         after = 0
         skipped: set[int] = set()
         failed: set[int] = set()
+        unreported = 0
         while limit is None or report.subscribers < limit:
-            take = batch_size if limit is None else min(batch_size, limit - report.subscribers)
-            done_here = 0
             async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
-                rows = await conn.fetch(
+                row = await conn.fetchrow(
                     f"SELECT id, wrapped_key, data_key_version, {enc} FROM subscribers"
-                    " WHERE reencrypt_pending AND id > $1 ORDER BY id LIMIT $2"
+                    " WHERE reencrypt_pending AND id > $1 ORDER BY id LIMIT 1"
                     " FOR UPDATE SKIP LOCKED",
                     after,
-                    take,
                 )
-                if not rows:
+                if row is None:
                     break
-                after = int(rows[-1]["id"])
-                for row in rows:
-                    sid = int(row["id"])
-                    try:
-                        async with conn.transaction():  # savepoint: one subscriber at a time
-                            report.values += await _reencrypt_one(conn, masters, row, tables)
-                    except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
-                        skipped.add(sid)
-                        continue
-                    except DecryptError as exc:
-                        _log.error("reencrypt_failed", subscriber_id=sid, reason=exc.reason.value)
-                        failed.add(sid)
-                        continue
-                    done_here += 1
-            report.subscribers += done_here
-            progress(done_here)
+                sid = after = int(row["id"])
+                await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
+                try:
+                    async with conn.transaction():  # savepoint: the row lock stays on failure
+                        values = await _reencrypt_one(
+                            conn, masters, row, tables, chunk_rows=chunk_rows
+                        )
+                except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+                    skipped.add(sid)
+                    continue
+                except DecryptError as exc:
+                    _log.error("reencrypt_failed", subscriber_id=sid, reason=exc.reason.value)
+                    failed.add(sid)
+                    continue
+            report.values += values
+            report.subscribers += 1
+            unreported += 1
+            if unreported >= batch_size:
+                progress(unreported)
+                unreported = 0
+        if unreported:
+            progress(unreported)
         report.skipped = sorted(skipped)
         report.failed = sorted(failed)
         report.pending = int(

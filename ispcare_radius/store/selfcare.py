@@ -33,6 +33,11 @@ MAX_PASSWORD_CHARS: Final = 128  # RFC 2865 section 5.2: User-Password is at mos
 ACTOR_PREFIX: Final = "selfcare"
 
 
+class SubjectChanged(RuntimeError):
+    """The subscriber's user name changed (or the subscriber went) while a
+    self-care update was prepared; nothing was changed, the caller may retry."""
+
+
 def actor(subscriber_id: int) -> str:
     """The audit actor of a subscriber acting on their own data."""
     return f"{ACTOR_PREFIX}:{subscriber_id}"
@@ -107,7 +112,9 @@ async def update_own_data(
     line is MAC-bound: a subscriber cannot turn the binding off, and cannot
     clear an operator's ``lock`` (only replace it). PermissionError for a
     field not theirs to change; ValueError (without the value) for a bad one;
-    ``SubjectNotFound`` when there is no such subscriber.
+    ``SubjectNotFound`` when there is no such subscriber; ``SubjectChanged``
+    when the user name read here no longer names this subscriber by the time
+    the change is made (a rename in between), so nothing lands on another.
     """
     _check(changes)
     async with acquire(pool) as conn:
@@ -135,6 +142,6 @@ async def update_own_data(
             raise PermissionError("a device lock set by the provider can be replaced, not removed")
         args["mac_lock"] = changes["mac_lock"]
     repo = SubscriberRepository(pool, keys, masters, data_keys, actor=actor(sid))
-    if not await repo.set(name.decode("utf-8"), **args):
-        raise export.SubjectNotFound("no such subscriber")
+    if not await repo.set(name.decode("utf-8"), subscriber_id=sid, **args):
+        raise SubjectChanged("the account changed meanwhile; nothing was changed")
     return sorted(changes)

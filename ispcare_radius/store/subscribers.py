@@ -23,7 +23,7 @@ from ispcare_radius.aaa.methods.credentials import (
 )
 from ispcare_radius.aaa.model import MacBinding, Overrides, SubscriberStatus
 from ispcare_radius.privacy.blind import normalize_user_name
-from ispcare_radius.privacy.crypto import FieldCipher
+from ispcare_radius.privacy.crypto import FieldCipher, key_version
 from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store import fields
@@ -403,7 +403,8 @@ class SubscriberRepository:
                         plan_id,
                         expires_at,
                         wrapped,
-                        self._masters.primary_version,
+                        # The version that wrapped it: the key file may have been re-read.
+                        key_version(wrapped),
                         fields.seal(cipher, Column.USER_NAME, sid, user_name.encode("utf-8")),
                         fields.seal(cipher, Column.STATIC_IPV4, sid, _packed(ipv4)),
                         fields.seal(cipher, Column.STATIC_IPV6, sid, _v6_text(ipv6)),
@@ -518,8 +519,10 @@ class SubscriberRepository:
         password_hash: str | Literal[_Unset.UNSET] | None = UNSET,
         mac_binding: str | Literal[_Unset.UNSET] = UNSET,
         legal_hold: bool | Literal[_Unset.UNSET] = UNSET,
+        subscriber_id: int | None = None,
     ) -> bool:
-        """Change the given fields (None clears); False if there is no such user.
+        """Change the given fields (None clears); False if there is no such user,
+        or if ``subscriber_id`` is given and the name now names someone else.
 
         ``framed_routes`` replaces every route (None or empty clears them);
         ``download_kbps`` .. ``idle_timeout`` are overrides of the plan's values.
@@ -547,7 +550,9 @@ class SubscriberRepository:
             creds = credentials(*(None if v is UNSET or v is None else str(v) for v in given))
         async with acquire(self._pool) as conn, conn.transaction():
             found = await self._locate(conn, user_name, lock=True)
-            if found is None:
+            # A caller that found the subscriber by id: a rename since must
+            # not carry the change to whoever holds the name now.
+            if found is None or subscriber_id not in (None, int(found["id"])):
                 return False
             sid = int(found["id"])
             cipher = self._data_keys.cipher(sid, bytes(found["wrapped_key"]))
