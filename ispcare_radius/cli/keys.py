@@ -58,7 +58,12 @@ def add_keys_parser(keys: Any) -> None:
         metavar="ID",
         help="only this subscriber (repeatable); default: all",
     )
-    p.add_argument("--batch", type=int, default=20, help="subscribers per progress update (each commits on its own)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=20,
+        help="subscribers per progress update (each commits on its own)",
+    )
     p.add_argument("--limit", type=int, help="stop after this many subscribers")
     p.add_argument(
         "--epoch",
