@@ -788,7 +788,7 @@ class SessionApplier:
         pool: Pool,
         tracker: SessionTracker,
         *,
-        batch_size: int = 5000,
+        batch_size: int = 1000,
         poll: float = 1.0,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
@@ -832,6 +832,9 @@ class SessionApplier:
             total += done
             if done < self._batch_size:
                 return total
+            # Applying is CPU work on the event loop the acknowledgements
+            # share: modest batches, and a turn for them between batches.
+            await asyncio.sleep(0)
 
     async def run_once(self) -> int:
         """Apply one batch of queued records; return how many were dequeued."""
