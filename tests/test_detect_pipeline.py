@@ -18,6 +18,7 @@ from ispcare_radius.aaa.pipeline import AccessHandler
 from ispcare_radius.aaa.ports import MISS, Admission, Miss
 from ispcare_radius.aaa.reply import ReplyRenderer
 from ispcare_radius.aaa.request import Reply, Request
+from ispcare_radius.detect.location import NasType, login_source
 from ispcare_radius.detect.settings import settings_from_toml
 from ispcare_radius.detect.state import Detector, Flag
 from ispcare_radius.privacy.blind import BlindIndex
@@ -251,3 +252,82 @@ async def test_the_session_limit_firing_raises_a_concurrent_sessions_flag(
     assert reply.code == code
     rules = [(f.rule.value, f.evidence.get("displaced")) for f in sink.flags]
     assert rules == ([] if displaced is None else [("concurrent_sessions", displaced)])
+
+
+# An L2TP LNS: its own address, a subscriber pool, and a LAC in front of it.
+LNS = replace(
+    NAS,
+    id=2,
+    name="lns-1",
+    address=ipaddress.ip_network("192.0.2.10/32"),
+    nas_type=NasType.VPN,
+    pools=(ipaddress.ip_network("100.64.0.0/16"),),
+)
+LAC = b"203.0.113.5"
+TUNNEL_CLIENT_ENDPOINT = 66
+
+
+def _vpn_request(user: bytes, station: bytes | None, tunnel: bytes | None = LAC) -> Request:
+    auth = random_authenticator()
+    pairs = [(1, user), (2, hide_password(b"right", SECRET, auth))]
+    if station is not None:
+        pairs.append((CALLING_STATION_ID, station))
+    if tunnel is not None:
+        pairs.append((TUNNEL_CLIENT_ENDPOINT, b"\x01" + tunnel))  # tagged (RFC 2868 3.3)
+    raw = build_packet(1, 9, auth, encode_attributes(pairs))
+    return Request(parse(raw), LNS, ("192.0.2.10", 1645), 0.0, None)
+
+
+@pytest.mark.parametrize(
+    ("station", "tunnel"),
+    [
+        (None, LAC),
+        (LAC, LAC),
+        (b"100.64.3.4", None),
+        (b"192.0.2.10", None),
+        (b"[::ffff:192.0.2.10]:1701", None),
+    ],
+    ids=["tunnel-only", "station-is-tunnel", "pool", "nas-itself", "nas-itself-mapped"],
+)
+async def test_a_spray_through_an_lns_never_holds_the_lac_the_nas_or_a_pool(
+    dictionary: Dictionary, station: bytes | None, tunnel: bytes | None
+) -> None:
+    """Twenty unknown names through an LNS seen only as the tunnel endpoint (the LAC),
+    a pool address or the NAS itself: no spray is counted, even with reject configured,
+    and a subscriber arriving the same way still gets in."""
+    toml = {"mode": "enforce", "password_spray": {"actions": {"high": "reject"}}}
+    handler, _, sink, clock = _setup(dictionary, toml)
+    for i in range(20):
+        clock[0] = NOW + i
+        reply = await handler.handle(_vpn_request(b"sprayed-%d" % i, station, tunnel))
+        assert reply.reason == "unknown_user"
+    assert [f.rule.value for f in sink.flags if f.rule.value == "password_spray"] == []
+    reply = await handler.handle(_vpn_request(b"u1", station, tunnel))
+    assert reply.code == Code.ACCESS_ACCEPT
+
+
+async def test_a_spray_from_one_client_behind_the_lac_holds_that_client(
+    dictionary: Dictionary,
+) -> None:
+    """The client's own IP in Calling-Station-Id (port dropped) is the source: its spray
+    is flagged, and with reject configured only that client is held."""
+    toml = {"mode": "enforce", "password_spray": {"actions": {"high": "reject"}}}
+    handler, _, sink, clock = _setup(dictionary, toml)
+    for i in range(16):
+        clock[0] = NOW + i
+        await handler.handle(_vpn_request(b"sprayed-%d" % i, b"198.51.100.7:%d" % (1024 + i)))
+    spray = [f for f in sink.flags if f.rule.value == "password_spray"]
+    assert len(spray) == 1 and spray[0].subject_kind == "source"
+    held = await handler.handle(_vpn_request(b"u1", b"198.51.100.7:4000"))
+    assert (held.code, held.reason) == (Code.ACCESS_REJECT, "flagged_cooldown")
+    other = await handler.handle(_vpn_request(b"u1", b"198.51.100.8"))
+    assert other.code == Code.ACCESS_ACCEPT
+
+
+def test_login_source_keeps_the_station_and_drops_ports() -> None:
+    """A MAC or line id is kept as written; an IP loses its port; nothing is no source."""
+    assert login_source(LNS, calling_station_id="02-00-00-00-00-09") == "02-00-00-00-00-09"
+    assert login_source(LNS, calling_station_id="198.51.100.7[4500]") == "198.51.100.7"
+    assert login_source(LNS, calling_station_id="  ") is None
+    assert login_source(LNS, calling_station_id=None, tunnel_client_endpoint="203.0.113.5") is None
+    assert login_source(NAS, calling_station_id="192.0.2.1") is None

@@ -327,16 +327,65 @@ def test_one_flag_per_rule_subject_and_bucket() -> None:
     assert len(sink.flags) == 1
 
 
-def test_spray_holds_the_source_not_the_nas() -> None:
-    """Twenty user names failing from one Calling-Station-Id: a spray flag on that source."""
+def _spray(det: Detector, source: str, names: int, t: float = T0) -> None:
+    for i in range(names):
+        det.observe(_login(t + i, f"user{i}", calling=source, sid=None, reason="unknown_user"))
+
+
+def test_spray_flags_the_source_and_holds_nothing_by_default() -> None:
+    """Twenty user names failing from one Calling-Station-Id: a spray flag on that source,
+    raised at the sixteenth name; by default (even in enforce mode) nothing is held,
+    since a source may stand for many subscribers."""
     det, sink = _detector()
-    for i in range(20):
-        det.observe(_login(T0 + i, f"user{i}", calling="02-00-00-00-0A-01", sid=None))
+    _spray(det, "02-00-00-00-0A-01", 15)
+    assert [f for f in sink.flags if f.rule is Rule.PASSWORD_SPRAY] == []
+    _spray(det, "02-00-00-00-0A-01", 20)
     spray = [f for f in sink.flags if f.rule is Rule.PASSWORD_SPRAY]
     assert len(spray) == 1 and spray[0].subject_kind == "source"
     assert spray[0].evidence["user_names"] == 16  # fired at the sixteenth
+    assert spray[0].action is Action.FLAG
+    assert det.hold("someone", "02-00-00-00-0A-01", None, T0 + 30) is None
+
+
+def test_a_spray_reject_configured_holds_that_source_only() -> None:
+    """An operator who configures reject for spray holds the source, not its neighbours."""
+    s = settings_from_toml({"mode": "enforce", "password_spray": {"actions": {"high": "reject"}}})
+    sink = Sink()
+    det = Detector(s, keyer, sink)
+    _spray(det, "02-00-00-00-0A-01", 20)
     assert det.hold("someone", "02-00-00-00-0A-01", None, T0 + 30) is Action.REJECT
     assert det.hold("someone", "02-00-00-00-0A-02", None, T0 + 30) is None
+
+
+def test_source_and_mac_flags_carry_no_user_name() -> None:
+    """Spray and device flags (sealed under the epoch key, outliving any subscriber) keep
+    counts only; the brute-force flag about the account keeps its user name."""
+    det, sink = _detector()
+    _spray(det, "02-00-00-00-0A-01", 16)
+    mac = bytes.fromhex("001122334455")
+    for i in range(4):
+        det.observe(_login(T0 + 100 + i, f"shared{i}", ok=True, mac=mac))
+    for i in range(10):
+        det.observe(_login(T0 + 200 + i, "victim", password=b"g%d" % i))
+    by_rule = {f.rule: f for f in sink.flags}
+    assert set(by_rule) == {Rule.PASSWORD_SPRAY, Rule.DEVICE_MANY_ACCOUNTS, Rule.BRUTE_FORCE}
+    for rule in (Rule.PASSWORD_SPRAY, Rule.DEVICE_MANY_ACCOUNTS):
+        text = repr(by_rule[rule].evidence)
+        assert "user1" not in text and "shared" not in text and "02-00" not in text, text
+        assert {"user_name", "calling_station_id"}.isdisjoint(by_rule[rule].evidence)
+    assert by_rule[Rule.BRUTE_FORCE].evidence["user_name"] == "victim"
+
+
+def test_chap_brute_force_is_flagged_not_held_by_default() -> None:
+    """Ten failures without password digests (CHAP, MS-CHAP) are medium: flagged, no hold,
+    so a CPE retrying one stale password is not locked out after every cool-down."""
+    det, sink = _detector()
+    for i in range(10):
+        det.observe(_login(T0 + i, "cpe"))
+    assert [(f.rule, f.severity, f.action) for f in sink.flags] == [
+        (Rule.BRUTE_FORCE, Severity.MEDIUM, Action.FLAG)
+    ]
+    assert det.hold("cpe", None, None, T0 + 11) is None
 
 
 def test_one_mac_on_four_accounts_and_randomised_macs_ignored() -> None:
@@ -366,6 +415,48 @@ def test_state_is_keyed_by_digests_and_bounded() -> None:
     assert all(isinstance(k, bytes) and len(k) == 8 for k in failures)
     text = det.observe(_login(T0 + 20, "name-0-secret", password=b"pw-secret")).encode()
     assert "secret" not in text and "02-00" not in text
+
+
+def _stored(det: Detector) -> int:
+    """Entries actually held in the detector's per-subject lists, counted one by one."""
+    lists = (det._failures, det._spray_names, det._spray_failures, det._account_macs,
+             det._mac_accounts)  # fmt: skip
+    return sum(len(v) for m in lists for v in m.values())
+
+
+def test_many_sources_with_many_names_stay_within_the_entry_budget() -> None:
+    """A flood of forged sources, each failing with many user names, and of forged MACs
+    on many accounts: each list keeps at most its threshold plus one, all lists together
+    at most max_entries, and the rules still fire on the newest subjects."""
+    budget = 2000
+    det, sink = _detector(max_entries=budget, max_subjects=50_000)
+    s = det.settings
+    t = T0
+    for src in range(300):
+        for n in range(40):
+            t += 0.001
+            det.observe(_login(t, f"u{n}", calling=f"10.1.{src // 250}.{src % 250}", sid=None))
+        assert det.entries <= budget
+        assert _stored(det) == det.entries
+    assert all(len(v) <= s.password_spray.max_names + 1 for v in det._spray_names.values())
+    assert all(len(v) <= s.password_spray.max_failures + 1 for v in det._spray_failures.values())
+    assert all(len(v) <= s.brute_force.long_count for v in det._failures.values())
+    for acct in range(200):
+        for m in range(10):
+            t += 0.001
+            mac = bytes([0x00, 0x1B, 0, 0, acct, m])
+            det.observe(_login(t, f"a{acct}", ok=True, mac=mac))
+        assert det.entries <= budget and _stored(det) == det.entries
+    assert all(len(v) <= s.account_many_devices.max_devices + 1 for v in det._account_macs.values())
+    assert all(
+        len(v) <= s.device_many_accounts.max_accounts + 1 for v in det._mac_accounts.values()
+    )
+    # Every source crossed the spray threshold once, however full the budget was.
+    spray = [f for f in sink.flags if f.rule is Rule.PASSWORD_SPRAY]
+    assert len({f.subject for f in spray}) == 300
+    assert {f.rule for f in sink.flags} >= {Rule.ACCOUNT_MANY_DEVICES}
+    with pytest.raises(ValueError, match="max_entries"):
+        DetectSettings(max_entries=100)  # below one spray source's failure list (101)
 
 
 def test_replay_of_stored_signals_restores_history_and_holds() -> None:

@@ -3,13 +3,18 @@ operator queries, and the detector's rebuild from stored auth events."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
+from ispcare_radius.aaa.ports import StoreUnavailable
 from ispcare_radius.detect.settings import Action, Mode, Rule, Severity, settings_from_toml
 from ispcare_radius.detect.state import Detector, Flag, Login
 from ispcare_radius.privacy.keys import MasterKeys
-from ispcare_radius.store.db import Pool
+from ispcare_radius.store.db import Connection, Pool
 from ispcare_radius.store.flags import FlagFilter, FlagQuery, FlagWriter, detect_keyer, rebuild
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
 from ispcare_radius.store.subscribers import SubscriberRepository
@@ -86,7 +91,9 @@ async def test_rebuild_replays_stored_signals(
 ) -> None:
     """Signals stored with auth events (known and unknown users) come back into a new
     detector: a brute-force hold and the spray window survive a restart."""
-    settings = settings_from_toml({"mode": Mode.ENFORCE.value})
+    settings = settings_from_toml(
+        {"mode": Mode.ENFORCE.value, "password_spray": {"actions": {"high": "reject"}}}
+    )
     keyer = detect_keyer(system_keys.blind_index)
     first = Detector(settings, keyer, FlagWriter(pg_pool, system_keys.epoch, data_keys))
     now = datetime.now(UTC).timestamp()
@@ -126,3 +133,74 @@ async def test_rebuild_replays_stored_signals(
     for i in range(10, 16):
         fresh.observe(Login(now + i, None, False, "unknown_user", f"spray{i}", "10.9.9.9"))
     assert fresh.hold("anyone", "10.9.9.9", None, now + 20) is Action.REJECT
+
+
+async def _blocked_insert(conn: Connection, timeout: float = 10.0) -> int:
+    """The backend pid of the writer's INSERT once it waits on the table lock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        # Inside the locking transaction the statistics would be one snapshot.
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        pid = await conn.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO flags%'"
+        )
+        if pid is not None:
+            return int(pid)
+        assert time.monotonic() < deadline, "the flag writer never reached its INSERT"
+        await asyncio.sleep(0.01)
+
+
+async def _buckets(pool: Pool) -> list[int]:
+    async with pool.acquire() as conn:
+        return [int(r["bucket"]) for r in await conn.fetch("SELECT bucket FROM flags ORDER BY id")]
+
+
+async def test_flags_raised_while_a_batch_is_written_are_not_lost(
+    pg_pool: Pool, system_keys: SystemKeys, data_keys: DataKeyCache
+) -> None:
+    """A batch in flight is off the queue: flags submitted meanwhile (overflowing the
+    queue's old contents) are all written after it, none popped unwritten."""
+    writer = FlagWriter(pg_pool, system_keys.epoch, data_keys, max_queue=3)
+    for bucket in (1, 2, 3):
+        writer.submit(_flag(Action.FLAG, sid=None, bucket=bucket))
+    async with pg_pool.acquire() as locker:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE flags IN ACCESS EXCLUSIVE MODE")
+        flush = asyncio.create_task(writer.flush())
+        await _blocked_insert(locker)
+        assert len(writer) == 0
+        for bucket in (4, 5):
+            writer.submit(_flag(Action.FLAG, sid=None, bucket=bucket))
+        await tx.commit()
+    await asyncio.wait_for(flush, 10.0)
+    assert await _buckets(pg_pool) == [1, 2, 3, 4, 5]
+    assert (writer.written, writer.dropped, len(writer)) == (5, 0, 0)
+
+
+async def test_a_batch_the_database_drops_goes_back_in_front(
+    pg_pool: Pool, system_keys: SystemKeys, data_keys: DataKeyCache
+) -> None:
+    """The write's connection is killed mid-batch (StoreUnavailable): the batch returns
+    ahead of the flags raised meanwhile, the cap drops the newest (counted), and the
+    next flush writes the rest in order."""
+    writer = FlagWriter(pg_pool, system_keys.epoch, data_keys, max_queue=4)
+    for bucket in (1, 2, 3):
+        writer.submit(_flag(Action.FLAG, sid=None, bucket=bucket))
+    async with pg_pool.acquire() as locker:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE flags IN ACCESS EXCLUSIVE MODE")
+        flush = asyncio.create_task(writer.flush())
+        pid = await _blocked_insert(locker)
+        for bucket in (4, 5, 6):
+            writer.submit(_flag(Action.FLAG, sid=None, bucket=bucket))
+        assert await locker.fetchval("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(flush, 10.0)
+        await tx.rollback()
+    assert (len(writer), writer.dropped) == (4, 2)
+    await writer.flush()
+    assert await _buckets(pg_pool) == [1, 2, 3, 4]
+    assert (writer.written, len(writer)) == (4, 0)

@@ -16,7 +16,7 @@ from typing import Final
 from ispcare_radius.aaa.methods.mac import mac_of
 from ispcare_radius.aaa.model import Nas
 from ispcare_radius.detect.device import UNKNOWN, DeviceInfo, OuiTable, classify
-from ispcare_radius.detect.location import Location, Locator, login_ip, strip_tag
+from ispcare_radius.detect.location import Location, Locator, login_ip, login_source, strip_tag
 from ispcare_radius.protocol.packet import VENDOR_SPECIFIC, Packet
 
 CALLING_STATION_ID: Final = 31
@@ -35,12 +35,15 @@ class LoginProfile:
     """Where a login comes from and its device categories.
 
     ``client_ip`` is the public client IP the location came from (VPN and
-    hotspot NAS): personal, kept out of reprs, never stored in clear.
+    hotspot NAS); ``source`` the subject the spray rule counts failures
+    against (``detect.location.login_source``: never a NAS, a LAC or a
+    pool address). Both personal, kept out of reprs, never stored in clear.
     """
 
     location: Location | None
     device: DeviceInfo
     client_ip: str | None = field(default=None, repr=False)
+    source: str | None = field(default=None, repr=False)
 
 
 NOWHERE: Final = LoginProfile(None, UNKNOWN)
@@ -120,13 +123,13 @@ class LoginProfiler:
 
     def profile(self, packet: Packet, nas: Nas) -> LoginProfile:
         """The location and device categories of the login ``packet`` through ``nas``."""
-        calling = packet.get(CALLING_STATION_ID)
-        tunnel = packet.get(TUNNEL_CLIENT_ENDPOINT)
+        calling = _text(packet.get(CALLING_STATION_ID))
+        tunnel_attr = packet.get(TUNNEL_CLIENT_ENDPOINT)
+        tunnel = _text(strip_tag(tunnel_attr)) if tunnel_attr is not None else None
         client_ip = login_ip(
-            nas.nas_type,
-            calling_station_id=_text(calling),
-            tunnel_client_endpoint=_text(strip_tag(tunnel)) if tunnel is not None else None,
+            nas.nas_type, calling_station_id=calling, tunnel_client_endpoint=tunnel
         )
+        source = login_source(nas, calling_station_id=calling, tunnel_client_endpoint=tunnel)
         location = self._locator.locate(client_ip, nas)
         port_type = packet.get(NAS_PORT_TYPE)
         dhcp_class = user_agent = device_type = None
@@ -136,10 +139,10 @@ class LoginProfiler:
         device = classify(
             nas_port_type=int.from_bytes(port_type) if port_type and len(port_type) == 4 else None,
             # The MAC is parsed only to look its maker up.
-            mac=mac_of(calling) if self._oui is not None else None,
+            mac=mac_of(packet.get(CALLING_STATION_ID)) if self._oui is not None else None,
             user_agent=user_agent,
             device_type=device_type,
             dhcp_class_id=dhcp_class,
             oui=self._oui,
         )
-        return LoginProfile(location, device, client_ip)
+        return LoginProfile(location, device, client_ip, source)

@@ -534,7 +534,7 @@ class AccessHandler:
             return None
         calling = attempt.request.packet.get(CALLING_STATION_ID)
         try:
-            source = self._source(attempt, self._login_profile(attempt), calling)
+            source = self._source(self._login_profile(attempt))
             return self._detector.hold(attempt.user_name, source, mac_of(calling), now)
         except Exception:  # detection must never cost an answer
             return None
@@ -549,10 +549,11 @@ class AccessHandler:
         return profile
 
     @staticmethod
-    def _source(attempt: Attempt, profile: LoginProfile, calling: bytes | None) -> str | None:
-        """Where a login comes from, for the spray rule: the client's public IP on VPN
-        and hotspot NAS, else the Calling-Station-Id. Never the NAS itself."""
-        return profile.client_ip or (calling.decode("utf-8", "replace") if calling else None)
+    def _source(profile: LoginProfile) -> str | None:
+        """Where a login comes from, for the spray rule (aaa/logininfo.py): the
+        Calling-Station-Id or the client IP in it; never the NAS, its pools or
+        the tunnel endpoint (a LAC stands for thousands of subscribers)."""
+        return profile.source
 
     def _held(self, attempt: Attempt, now: float) -> Outcome | None:
         """FLAGGED_COOLDOWN while a detection rule's reject holds this login."""
@@ -594,7 +595,7 @@ class AccessHandler:
                     accepted=result is AuthResult.ACCEPT,
                     reason=outcome.value,
                     user_name=attempt.user_name,
-                    calling_station_id=self._source(attempt, profile, calling),
+                    calling_station_id=self._source(profile),
                     mac=mac_of(calling),
                     password=attempt.password,
                     place=profile.location,

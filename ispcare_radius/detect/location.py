@@ -130,6 +130,43 @@ def parse_ip_text(text: str | None) -> IPAddress | None:
         return None
 
 
+def _unmapped(ip: IPAddress) -> IPAddress:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def login_source(
+    nas: NasSite,
+    *,
+    calling_station_id: str | None,
+    tunnel_client_endpoint: str | None = None,
+) -> str | None:
+    """The source a password spray is counted against, and held by: one client, never a NAS.
+
+    The Calling-Station-Id as the NAS wrote it (a MAC, a circuit or line
+    id), or the client IP it holds, without its port (a new port per
+    attempt is the same client). None, so no spray is counted, when that
+    IP may stand for many subscribers: the Tunnel-Client-Endpoint (RFC 2868
+    section 3.3, the tunnel's initiator: on an L2TP LNS, the LAC carrying
+    thousands of sessions), the NAS's own address, or one of its pools.
+    Tunnel-Client-Endpoint itself is never a source, for the same reason;
+    DESIGN.md: a NAS is never throttled.
+    """
+    if calling_station_id is None or not calling_station_id.strip():
+        return None
+    ip = parse_ip_text(calling_station_id)
+    if ip is None:
+        return calling_station_id
+    ip = _unmapped(ip)
+    tunnel = parse_ip_text(tunnel_client_endpoint)
+    if tunnel is not None and _unmapped(tunnel) == ip:
+        return None
+    if any(ip.version == net.version and ip in net for net in (nas.address, *nas.pools)):
+        return None
+    return str(ip)
+
+
 def strip_tag(value: bytes) -> bytes:
     """A tagged string attribute's text without its tag octet.
 

@@ -150,9 +150,14 @@ RuleSettings = (
     | ConcurrentSessions
 )
 
+# Only proven guessing (high: distinct wrong PAP passwords) blocks by default.
+# Medium brute force (CHAP/MS-CHAP, no password digest) may be a CPE retrying
+# one stale password after every cool-down, and a spray source may stand for
+# many subscribers behind one address: both are flagged, never held, unless
+# the operator chooses otherwise.
 _DEFAULT_ACTIONS: Final[Mapping[Rule, Mapping[Severity, Action]]] = {
-    Rule.BRUTE_FORCE: {Severity.HIGH: Action.REJECT, Severity.MEDIUM: Action.REJECT},
-    Rule.PASSWORD_SPRAY: {Severity.HIGH: Action.REJECT},
+    Rule.BRUTE_FORCE: {Severity.HIGH: Action.REJECT},
+    Rule.PASSWORD_SPRAY: {},
     Rule.NEW_COUNTRY: {},
     Rule.IMPOSSIBLE_TRAVEL: {Severity.HIGH: Action.NOTIFY},
     Rule.DEVICE_MANY_ACCOUNTS: {},
@@ -177,9 +182,12 @@ class DetectSettings:
     enabled: bool = True
     mode: Mode = Mode.MONITOR
     cooldown: float = 15 * 60.0
-    # Bounds of the in-memory state: subjects per map (LRU), entries per subject.
-    max_subjects: int = 200_000
-    max_per_subject: int = 256
+    # Bounds of the in-memory state: subjects per map (LRU), and entries
+    # (remembered names, MACs, failures) across every subject's lists, the
+    # least recently used subjects forgotten first. Each list is also capped
+    # by its rule's threshold (the rule needs no more to fire).
+    max_subjects: int = 100_000
+    max_entries: int = 1_000_000
     # How far back ``rebuild`` replays auth events after a restart.
     rebuild_hours: float = 24.0
     # Accuracy radius given to a NAS location (fixed lines: the POP, not the home).
@@ -197,8 +205,8 @@ class DetectSettings:
     def __post_init__(self) -> None:
         if self.cooldown <= 0 or self.rebuild_hours <= 0 or self.nas_accuracy_km < 0:
             raise ValueError("cooldown_minutes and rebuild_hours must be positive")
-        if self.max_subjects < 1 or self.max_per_subject < 8:
-            raise ValueError("max_subjects must be >= 1 and max_per_subject >= 8")
+        if self.max_subjects < 1:
+            raise ValueError("max_subjects must be >= 1")
         for rule in Rule:
             _check_rule(rule.value, self.rule(rule))
             # Unusual hour scores only: it never blocks alone.
@@ -208,6 +216,25 @@ class DetectSettings:
                         raise ValueError(
                             "unusual_hour.actions: score only, no reject/walled_garden"
                         )
+        if self.max_entries < self.largest_list():
+            raise ValueError(
+                f"max_entries must be at least {self.largest_list()} (one subject's longest list)"
+            )
+
+    def largest_list(self) -> int:
+        """The longest history one subject may keep: a rule's threshold plus one.
+
+        The rules count "more than" a threshold (or look back ``count``
+        failures), so one entry beyond it is all they ever need.
+        """
+        return 1 + max(
+            self.brute_force.short_count,
+            self.brute_force.long_count,
+            self.password_spray.max_names,
+            self.password_spray.max_failures,
+            self.device_many_accounts.max_accounts,
+            self.account_many_devices.max_devices,
+        )
 
     def rule(self, rule: Rule) -> RuleSettings:
         """The thresholds of ``rule``."""
@@ -236,7 +263,7 @@ _TOP: Final[dict[str, type | tuple[type, ...]]] = {
     "mode": str,
     "cooldown_minutes": (int, float),
     "max_subjects": int,
-    "max_per_subject": int,
+    "max_entries": int,
     "rebuild_hours": (int, float),
     "nas_accuracy_km": (int, float),
 }

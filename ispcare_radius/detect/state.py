@@ -4,9 +4,13 @@ Owns no I/O and no clock (time comes with each login). Subjects (account,
 source, MAC) are keyed by keyed digests from a ``Keyer`` the composition
 root builds on a blind-index key: a raw user name, MAC or address never
 becomes a dict key here. Every map is an LRU bounded by
-``max_subjects``, and each subject's history by ``max_per_subject`` and its
-rule's window, so memory stays bounded under any load. O(1) amortised per
-login: appends to bounded deques and ordered dicts pruned from the front.
+``max_subjects``; each subject's list (failures, user names, MACs,
+accounts) by its rule's window and its rule's threshold plus one (all the
+rule needs to fire); and the entries of all those lists together by
+``max_entries``, the least recently used subject of the fullest map
+forgotten first. So memory stays bounded under any load, forged MACs and
+user names included. O(1) amortised per login: appends to bounded deques
+and ordered dicts pruned from the front.
 
 What a login leaves behind is a ``Signal`` (keys, no personal values), stored
 with its auth event, so ``replay`` can rebuild this state after a restart.
@@ -25,9 +29,9 @@ from __future__ import annotations
 import json
 import unicodedata
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from ispcare_radius.detect import rules
 from ispcare_radius.detect.rules import Finding, Fix, Place
@@ -212,8 +216,8 @@ class Signal:
 class Flag:
     """A finding with its subject, time bucket and action, for the flag store.
 
-    ``evidence`` may hold personal values (sealed by the store);
-    ``thresholds`` are the rule's settings when it fired.
+    ``evidence`` holds personal values (sealed by the store) only on a flag
+    about an account; ``thresholds`` are the rule's settings when it fired.
     """
 
     time: float
@@ -285,10 +289,78 @@ class _Lru(OrderedDict[_K, _V]):
         return value
 
 
+_L = TypeVar("_L", bound=Sized)
+
+
+class _Budget:
+    """The entries held across several ``_Lists`` maps, and the cap on their sum."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.entries = 0
+        self.maps: list[_Lists[Any]] = []
+
+    def settle(self) -> None:
+        """Forget least recently used subjects of the fullest map until under the cap.
+
+        The fullest map is the one a flood fills: an attacker forging names
+        or MACs evicts their own subjects first, not the accounts' failures.
+        Only runs once the cap is reached; five maps to compare.
+        """
+        while self.entries > self.limit:
+            max(self.maps, key=lambda m: m.entries).forget_oldest()
+
+
+class _Lists(OrderedDict[bytes, _L], Generic[_L]):
+    """An LRU of per-subject lists that counts their entries against a shared budget.
+
+    Callers change a list in place and report its length before and after
+    (``resized``); forgetting a subject gives its entries back.
+    """
+
+    def __init__(self, limit: int, budget: _Budget) -> None:
+        super().__init__()
+        self.limit = limit
+        self.entries = 0
+        self._budget = budget
+        budget.maps.append(self)
+
+    def open(self, key: bytes, make: Callable[[], _L]) -> _L:
+        """The list of ``key`` (made empty if new), now the most recently used."""
+        value = self.get(key)
+        if value is None:
+            value = self[key] = make()
+            while len(self) > self.limit:
+                self.forget_oldest()
+        else:
+            self.move_to_end(key)
+        return value
+
+    def forget_oldest(self) -> None:
+        _, value = self.popitem(last=False)
+        self.entries -= len(value)
+        self._budget.entries -= len(value)
+
+    def resized(self, before: int, after: int) -> None:
+        """Account for a list that went from ``before`` to ``after`` entries."""
+        grown = after - before
+        if grown:
+            self.entries += grown
+            budget = self._budget
+            budget.entries += grown
+            if budget.entries > budget.limit:
+                budget.settle()
+
+
 def _touch(
     seen: OrderedDict[bytes, float], key: bytes, now: float, window: float, cap: int
 ) -> None:
-    """Record ``key`` at ``now`` and drop keys last seen before the window (or beyond ``cap``)."""
+    """Record ``key`` at ``now`` and drop keys last seen before the window (or beyond ``cap``).
+
+    ``cap`` is the rule's threshold plus one: a "more than N" rule fires
+    with N + 1 keys inside the window, so keeping more would only cost
+    memory. The oldest key goes first, so the newest N + 1 are always kept.
+    """
     seen.pop(key, None)
     seen[key] = now
     while seen and (next(iter(seen.values())) < now - window or len(seen) > cap):
@@ -318,12 +390,14 @@ class Detector:
         self._key = keyer
         self._sink = sink
         n = settings.max_subjects
-        self._failures: _Lru[bytes, deque[tuple[float, int | None]]] = _Lru(n)
-        self._spray_names: _Lru[bytes, OrderedDict[bytes, float]] = _Lru(n)
-        self._spray_failures: _Lru[bytes, deque[float]] = _Lru(n)
+        self._budget = _Budget(settings.max_entries)
+        budget = self._budget
+        self._failures: _Lists[deque[tuple[float, int | None]]] = _Lists(n, budget)
+        self._spray_names: _Lists[OrderedDict[bytes, float]] = _Lists(n, budget)
+        self._spray_failures: _Lists[deque[float]] = _Lists(n, budget)
         self._habits: _Lru[bytes, _Habit] = _Lru(n)
-        self._account_macs: _Lru[bytes, OrderedDict[bytes, float]] = _Lru(n)
-        self._mac_accounts: _Lru[bytes, OrderedDict[bytes, float]] = _Lru(n)
+        self._account_macs: _Lists[OrderedDict[bytes, float]] = _Lists(n, budget)
+        self._mac_accounts: _Lists[OrderedDict[bytes, float]] = _Lists(n, budget)
         self._fired: _Lru[tuple[Rule, str, bytes, int], bool] = _Lru(n)
         self._holds: _Lru[tuple[str, bytes], tuple[Action, float]] = _Lru(n)
         self.flags_emitted = 0
@@ -432,6 +506,11 @@ class Detector:
         """Holds in memory (some may have run out)."""
         return len(self._holds)
 
+    @property
+    def entries(self) -> int:
+        """Entries held in every subject's lists together (at most ``max_entries``)."""
+        return self._budget.entries
+
     # --- after a decision ----------------------------------------------------
 
     def observe(self, login: Login) -> Signal:
@@ -463,33 +542,30 @@ class Detector:
         each history pruned from its old end (amortised O(1)).
         """
         s = self.settings
-        cap = s.max_per_subject
         t = sig.time
         account = sig.account
         found: list[tuple[Finding, bytes]] = []
         if sig.failure:
             bf = s.brute_force
-            fails = self._failures.get(account)
-            if fails is None:
-                fails = self._failures.put(account, deque(maxlen=self._fail_len))
-            else:
-                self._failures.move_to_end(account)
+            fails = self._failures.open(account, self._new_failures)
+            before = len(fails)
             fails.append((t, sig.password))
+            self._failures.resized(before, len(fails))
             if (f := rules.brute_force(fails, t, bf)) is not None:
                 found.append((f, account))
             source = sig.source
             if source is not None:
                 sp = s.password_spray
-                names = self._spray_names.get(source)
-                if names is None:
-                    names = self._spray_names.put(source, OrderedDict())
-                _touch(names, account, t, sp.names_window, cap)
-                day = self._spray_failures.get(source)
-                if day is None:
-                    day = self._spray_failures.put(source, deque(maxlen=sp.max_failures + 1))
+                names = self._spray_names.open(source, OrderedDict)
+                before = len(names)
+                _touch(names, account, t, sp.names_window, sp.max_names + 1)
+                self._spray_names.resized(before, len(names))
+                day = self._spray_failures.open(source, self._new_day)
+                before = len(day)
                 day.append(t)
                 while day[0] < t - sp.failures_window:
                     day.popleft()
+                self._spray_failures.resized(before, len(day))
                 if (f := rules.password_spray(names, len(day), sp)) is not None:
                     found.append((f, source))
         if sig.accepted:
@@ -517,17 +593,17 @@ class Detector:
             if mac is not None:
                 if not sig.mac_local:
                     am = s.account_many_devices
-                    macs = self._account_macs.get(account)
-                    if macs is None:
-                        macs = self._account_macs.put(account, OrderedDict())
-                    _touch(macs, mac, t, am.window, cap)
+                    macs = self._account_macs.open(account, OrderedDict)
+                    before = len(macs)
+                    _touch(macs, mac, t, am.window, am.max_devices + 1)
+                    self._account_macs.resized(before, len(macs))
                     if (f := rules.account_many_devices(macs, am)) is not None:
                         found.append((f, account))
                 dm = s.device_many_accounts
-                accounts = self._mac_accounts.get(mac)
-                if accounts is None:
-                    accounts = self._mac_accounts.put(mac, OrderedDict())
-                _touch(accounts, account, t, dm.window, cap)
+                accounts = self._mac_accounts.open(mac, OrderedDict)
+                before = len(accounts)
+                _touch(accounts, account, t, dm.window, dm.max_accounts + 1)
+                self._mac_accounts.resized(before, len(accounts))
                 if (f := rules.device_many_accounts(accounts, dm)) is not None:
                     found.append((f, mac))
         if sig.over_limit or sig.reason == "simultaneous_use":
@@ -541,6 +617,14 @@ class Detector:
             for finding, subject in found
             if (flag := self._act(sig, finding, subject, personal)) is not None
         ]
+
+    def _new_failures(self) -> deque[tuple[float, int | None]]:
+        # The longer brute-force rule looks back this many failures: no more is kept.
+        return deque(maxlen=self._fail_len)
+
+    def _new_day(self) -> deque[float]:
+        # One failure beyond the threshold is enough to fire "more than max_failures".
+        return deque(maxlen=self.settings.password_spray.max_failures + 1)
 
     def _remember(self, habit: _Habit, fix: Fix | None, hour: int) -> None:
         habit.seen += 1
@@ -576,7 +660,11 @@ class Detector:
             return None
         self._fired.take(fired, lambda: True)
         evidence = dict(finding.evidence)
-        if personal is not None:
+        if personal is not None and kind == Subject.ACCOUNT:
+            # Only a flag about an account carries its user name: it is sealed
+            # under that subscriber's key and goes with their erasure. A source
+            # or MAC flag is sealed under the epoch key and outlives any one
+            # subscriber, so it keeps the rule's counts and the keyed subject.
             evidence.update(personal)
         flag = Flag(
             time=sig.time,

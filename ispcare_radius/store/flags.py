@@ -77,7 +77,8 @@ class FlagWriter:
     ``notify`` also an outbox event in the same transaction. Replayed flags
     (after a restart) are written the same way but not logged again. A batch
     that finds the database down is retried at the next flush; the queue is
-    bounded (oldest dropped).
+    bounded (a submit to a full queue drops its oldest flag, a batch put
+    back after a failed write drops the newest; both counted in ``dropped``).
     """
 
     def __init__(
@@ -155,14 +156,21 @@ class FlagWriter:
                 _log.error("flags_flusher_error", error=type(exc).__name__)
 
     async def flush(self) -> None:
-        """Write every queued flag now. Raises StoreUnavailable (flags stay queued)."""
+        """Write every queued flag now. Raises StoreUnavailable (flags stay queued).
+
+        The batch leaves the queue before the write: flags submitted while
+        it is in flight (and whatever a full queue drops for them) never
+        touch it. If the database is down the batch goes back in front.
+        """
         async with self._lock:
             while self._queue:
                 batch = list(self._queue)
+                self._queue.clear()
                 try:
                     async with acquire(self._pool) as conn, conn.transaction():
                         written, gone = await self._write(conn, batch)
                 except StoreUnavailable:
+                    self._requeue(batch)
                     raise
                 except Exception as exc:
                     # Refused for its data (or a bug): the same batch would be
@@ -170,11 +178,21 @@ class FlagWriter:
                     _log.error("flags_batch_error", error=type(exc).__name__, flags=len(batch))
                     self.failed += len(batch)
                     written = gone = 0
-                for _ in batch:
-                    self._queue.popleft()
                 self.written += written
                 self.dropped += gone
                 self.handled += len(batch)
+
+    def _requeue(self, batch: list[Flag]) -> None:
+        """Put an unwritten ``batch`` back before the flags queued meanwhile.
+
+        Over the cap, the newest flags are dropped (and counted), so what
+        stays is the oldest run in the order it was raised, without gaps.
+        """
+        cap = self._queue.maxlen or len(batch) + len(self._queue)
+        merged = [*batch, *self._queue]
+        self.dropped += max(0, len(merged) - cap)
+        self._queue.clear()
+        self._queue.extend(merged[:cap])
 
     async def _write(self, conn: Connection, batch: list[Flag]) -> tuple[int, int]:
         stored = [f for f in batch if f.action is not Action.LOG]
