@@ -660,3 +660,14 @@ def test_nas_add_cli_options() -> None:
     assert build_parser().parse_args(["nas", "add", "b", "198.51.100.2"]).nas_type == "pppoe"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["nas", "add", "b", "198.51.100.2", "--type", "wimax"])
+
+
+@pytest.mark.parametrize(
+    "text", ["00-1B-21-0A-0B-0C", "00:1b:21:0a:0b:0c", "001b.210a.0b0c", "001B210A0B0C"]
+)
+def test_macs_in_calling_station_id_are_not_ips(text: str) -> None:
+    assert parse_ip_text(text) is None
+
+
+def test_an_eight_group_ipv6_that_looks_like_hex_pairs_is_still_an_ip() -> None:
+    assert str(parse_ip_text("aa:bb:cc:dd:ee:ff:00:11")) == "aa:bb:cc:dd:ee:ff:0:11"

@@ -10,6 +10,7 @@ Imports only the standard library.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -108,6 +109,14 @@ def is_geolocatable(ip: IPAddress, own: Sequence[IPNetwork] = ()) -> bool:
     return not any(ip.version == net.version and ip in net for net in (*_DOCUMENTATION, *own))
 
 
+# MACs as NAS write them in Calling-Station-Id (colon, dash, dotted, bare);
+# none of these spellings is a valid IPv4 or IPv6 address.
+_MAC_FORM: Final = re.compile(
+    r"[0-9A-Fa-f]{2}([-:])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}"
+    r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}|[0-9A-Fa-f]{12}"
+)
+
+
 def parse_ip_text(text: str | None) -> IPAddress | None:
     """An IP address in the forms NAS put in Calling-Station-Id; None for anything else.
 
@@ -118,6 +127,10 @@ def parse_ip_text(text: str | None) -> IPAddress | None:
     if not text:
         return None
     value = text.strip()
+    if _MAC_FORM.fullmatch(value):
+        # The common case on PPPoE and hotspots, and no IP: skip the costly
+        # failed parses (ipaddress tries IPv4, then IPv6, by exception).
+        return None
     if value.endswith("]") and "[" in value and not value.startswith("["):
         value = value[: value.index("[")]  # "address[port]"
     elif value.startswith("["):
