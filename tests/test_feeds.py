@@ -26,6 +26,7 @@ from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.privacy.secret import Secret
 from ispcare_radius.store import feeds
 from ispcare_radius.store.accounting import AccountingWriter
+from ispcare_radius.store.applier import SessionApplier
 from ispcare_radius.store.db import Pool
 from ispcare_radius.store.directory import CachedSubscriberDirectory
 from ispcare_radius.store.feeds import (
@@ -42,8 +43,9 @@ from ispcare_radius.store.feeds import (
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
 from ispcare_radius.store.nas import NasRepository
 from ispcare_radius.store.plans import PlanRepository
-from ispcare_radius.store.sessions import SessionApplier, SessionTracker, _add_usage
+from ispcare_radius.store.sessions import SessionTracker
 from ispcare_radius.store.subscribers import SubscriberRepository
+from ispcare_radius.store.usage import add_usage
 from tests.test_sessions import SECRET, Clock, Nas1, packet
 
 HOOK_SECRET = Secret(b"feed-hook-secret-0123")
@@ -259,7 +261,7 @@ async def test_usage_change_and_its_outbox_rows_commit_or_roll_back_together(
 
     with pytest.raises(Abort):
         async with pg_pool.acquire() as conn, conn.transaction():
-            await _add_usage(conn, {(sid, hour): [10, 20, 30, 1]}, {}, R0)
+            await add_usage(conn, {(sid, hour): [10, 20, 30, 1]}, {}, R0)
             assert await conn.fetchval("SELECT count(*) FROM feed_outbox") == 3
             raise Abort
     assert await db.fetchval("SELECT count(*) FROM usage") == 0
@@ -269,7 +271,7 @@ async def test_usage_change_and_its_outbox_rows_commit_or_roll_back_together(
     # Applied again (as a retried batch would be): the same keys, once each.
     for _ in range(2):
         async with pg_pool.acquire() as conn, conn.transaction():
-            await _add_usage(conn, {(sid, hour): [10, 20, 30, 1]}, {}, R0)
+            await add_usage(conn, {(sid, hour): [10, 20, 30, 1]}, {}, R0)
     rows = await outbox(db)
     assert sorted(r["idempotency_key"] for r in rows) == sorted(
         [

@@ -39,6 +39,7 @@ from ispcare_radius.protocol.codes import Code
 from ispcare_radius.protocol.dictfile import load_dictionary
 from ispcare_radius.protocol.packet import build_packet, encode_attributes, parse
 from ispcare_radius.store.accounting import AccountingWriter
+from ispcare_radius.store.applier import SessionApplier
 from ispcare_radius.store.db import Pool
 from ispcare_radius.store.devices import DeviceRepository
 from ispcare_radius.store.directory import CachedSubscriberDirectory
@@ -48,7 +49,7 @@ from ispcare_radius.store.lifecycle import ERASURE_ACTOR, apply_row_retention, e
 from ispcare_radius.store.nas import NasRepository
 from ispcare_radius.store.partitions import apply_retention, ensure_partitions
 from ispcare_radius.store.plans import PlanRepository
-from ispcare_radius.store.sessions import SessionApplier, SessionTracker
+from ispcare_radius.store.sessions import SessionTracker
 from ispcare_radius.store.subscribers import SubscriberRepository
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -414,7 +415,11 @@ async def test_erasure_waits_for_the_grace_then_shreds(
 
     # No personal value of A anywhere, in clear; no key that opens A's ciphertext.
     assert await tables_containing(db, texts, blobs) == set()
-    assert await tables_containing(db, [REF_A], []) == {"erased_subscribers"}
+    # The billing reference stays with the tombstone and with the usage and
+    # quota events billing has not received yet (ids and counters only).
+    assert await tables_containing(db, [REF_A], []) == {"erased_subscribers", "feed_outbox"}
+    left = await db.fetch("SELECT DISTINCT topic FROM feed_outbox WHERE subscriber_id = $1", a)
+    assert {r["topic"] for r in left} <= {"usage", "quota"}
     assert await keys_that_unwrap(db, master_keys, a) == 0
     for table in (
         "auth_events",

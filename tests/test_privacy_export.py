@@ -33,6 +33,7 @@ from ispcare_radius.protocol.codes import Code
 from ispcare_radius.protocol.packet import encode_attributes, parse
 from ispcare_radius.store import export, fields, selfcare
 from ispcare_radius.store.accounting import AccountingWriter
+from ispcare_radius.store.applier import SessionApplier
 from ispcare_radius.store.db import Pool
 from ispcare_radius.store.devices import DeviceRepository
 from ispcare_radius.store.directory import CachedSubscriberDirectory
@@ -40,7 +41,7 @@ from ispcare_radius.store.events import AuthEventWriter
 from ispcare_radius.store.fields import Column
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
 from ispcare_radius.store.nas import NasRepository
-from ispcare_radius.store.sessions import SessionApplier, SessionTracker
+from ispcare_radius.store.sessions import SessionTracker
 from ispcare_radius.store.subscribers import SubscriberRepository
 
 SECRET = "ex-nas-secret-Rt5"

@@ -33,13 +33,14 @@ from ispcare_radius.protocol.authenticator import build_request
 from ispcare_radius.protocol.codes import Code
 from ispcare_radius.protocol.packet import encode_attributes, parse
 from ispcare_radius.store.accounting import AccountingWriter
+from ispcare_radius.store.applier import SessionApplier
 from ispcare_radius.store.db import Pool
 from ispcare_radius.store.directory import CachedSubscriberDirectory
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
 from ispcare_radius.store.nas import NasRepository
 from ispcare_radius.store.plans import PlanRepository
 from ispcare_radius.store.session_keys import session_aad
-from ispcare_radius.store.sessions import SessionApplier, SessionTracker, close_stale
+from ispcare_radius.store.sessions import SessionTracker, close_stale
 from ispcare_radius.store.subscribers import SubscriberRepository
 
 SECRET = "sess-secret-9"

@@ -37,6 +37,7 @@ from ispcare_radius.protocol.dictionary import Dictionary
 from ispcare_radius.server.app import RadiusServer
 from ispcare_radius.server.clients import ClientTable
 from ispcare_radius.store.accounting import AccountingWriter, prune_record_keys
+from ispcare_radius.store.applier import SessionApplier
 from ispcare_radius.store.db import Pool
 from ispcare_radius.store.directory import CachedSubscriberDirectory
 from ispcare_radius.store.durable import SpoolingRecorder
@@ -47,7 +48,7 @@ from ispcare_radius.store.keyring import destroy_expired_epoch_keys, refresh_epo
 from ispcare_radius.store.lifecycle import apply_row_retention, erase_due
 from ispcare_radius.store.limits import SessionLimits
 from ispcare_radius.store.partitions import apply_retention, ensure_partitions
-from ispcare_radius.store.sessions import SessionApplier, SessionTracker, close_stale
+from ispcare_radius.store.sessions import SessionTracker, close_stale
 from ispcare_radius.store.spool import Spool, SpoolError
 
 DEMO_NAS = "local-nas"

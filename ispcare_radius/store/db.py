@@ -7,9 +7,9 @@ import aaa (ports) but never server or cli.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -115,3 +115,18 @@ async def connect(
             server_settings=server_settings,
         )
     return pool
+
+
+def rows_affected(status: str) -> int:
+    """The row count in a command status such as ``DELETE 3`` (0 when there is none)."""
+    try:
+        return int(status.split()[-1])
+    except (ValueError, IndexError):
+        return 0
+
+
+def as_columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as ``width`` column lists, for ``unnest($1::type[], ...)`` statements."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]

@@ -1,12 +1,13 @@
-"""Sessions, usage and quota events, kept from accounting records.
+"""Sessions kept from accounting records: sessions_active and sessions_closed.
 
 The accounting writer stores each record and queues it in acct_pending in
-one statement; ``SessionApplier`` takes queued records in large batches,
+one statement; ``SessionApplier`` (store/applier.py) takes queued records,
 applies them through ``SessionTracker`` and dequeues them in the same
 transaction, so each stored record moves a session's counters once, off the
 acknowledgement path. Rules live in ``aaa.sessions``; this module loads the
 rows a batch touches, applies the records in event order, and writes the
-result back in a few set-based statements. It never decrypts: the writer
+result back in a few set-based statements; usage and quotas follow
+(store/usage.py). It never decrypts: the writer
 stored the blind indexes it needs, and a new session's sealed columns are
 copies of its first record's.
 
@@ -15,35 +16,26 @@ Imports aaa, privacy and store; never server or cli.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
-import asyncpg
-
 from ispcare_radius.aaa.accounting import NO_SUBSCRIBER, AcctStatus
-from ispcare_radius.aaa.ports import StoreUnavailable
 from ispcare_radius.aaa.sessions import (
     NAS_REBOOT,
     CloseReason,
     Counters,
-    Period,
-    Quota,
     Reading,
     advance,
-    interim_interval,
-    period_start,
-    quota_crossed,
     started_at,
 )
 from ispcare_radius.privacy.blind import BlindIndex
 from ispcare_radius.privacy.logsetup import get_logger
-from ispcare_radius.store.db import Connection, Pool, acquire, is_unavailable
+from ispcare_radius.store.db import Connection, Pool, acquire, as_columns, rows_affected
+from ispcare_radius.store.usage import PlanTerms, add_usage, hour_of, plan_terms
 
 _log = get_logger(__name__)
 
@@ -137,98 +129,6 @@ WITH info AS (
 INSERT INTO sessions_closed ({_CLOSED_NAMES})
 SELECT {_NAMES}, stopped_at, $5::timestamptz, close_reason, terminate_cause FROM moved
 """
-# Usage rows (day and cycle, then UTC hours) and, in the same statement, one
-# outbox row per row changed (store/feeds.py): the version raised by the
-# change makes the idempotency key unique per change, and the same if a
-# rolled-back transaction is applied again.
-_OUTBOX_USAGE: Final = """
-INSERT INTO feed_outbox (topic, idempotency_key, account_key, payload)
-SELECT 'usage',
-       'usage:' || c.subscriber_id || ':' || c.period || ':' || c.start_text || ':' || c.version,
-       coalesce(s.account_ref, 'subscriber:' || c.subscriber_id),
-       jsonb_build_object('subscriber_id', c.subscriber_id, 'account_ref', s.account_ref,
-                          'period', c.period, 'period_start', c.start_text,
-                          'input_octets', c.input_octets, 'output_octets', c.output_octets,
-                          'session_time', c.session_time, 'sessions', c.sessions,
-                          'version', c.version)
-FROM (
-    SELECT subscriber_id, period,
-           to_char(period_start::timestamp, 'YYYY-MM-DD"T00:00:00Z"') AS start_text,
-           input_octets, output_octets, session_time, sessions, version FROM d
-    UNION ALL
-    SELECT subscriber_id, 'hour', to_char(hour_start AT TIME ZONE 'UTC',
-                                          'YYYY-MM-DD"T"HH24":00:00Z"'),
-           input_octets, output_octets, session_time, sessions, version FROM h
-) c
-LEFT JOIN subscribers s ON s.id = c.subscriber_id
-ORDER BY c.subscriber_id, c.period, c.start_text
-ON CONFLICT (idempotency_key) DO NOTHING
-"""
-_ADD_USAGE: Final = """
-WITH d AS (
-    INSERT INTO usage AS u (subscriber_id, period, period_start, input_octets, output_octets,
-                            session_time, sessions, updated_at)
-    SELECT t.*, $8::timestamptz
-    FROM unnest($1::bigint[], $2::text[], $3::date[], $4::bigint[], $5::bigint[],
-                $6::bigint[], $7::bigint[]) AS t
-    ON CONFLICT (subscriber_id, period, period_start) DO UPDATE SET
-        input_octets = u.input_octets + EXCLUDED.input_octets,
-        output_octets = u.output_octets + EXCLUDED.output_octets,
-        session_time = u.session_time + EXCLUDED.session_time,
-        sessions = u.sessions + EXCLUDED.sessions,
-        version = u.version + 1,
-        updated_at = EXCLUDED.updated_at
-    RETURNING subscriber_id, period, period_start, input_octets, output_octets, session_time,
-              sessions, version
-), h AS (
-    INSERT INTO usage_hourly AS u (subscriber_id, hour_start, input_octets, output_octets,
-                                   session_time, sessions, updated_at)
-    SELECT t.*, $8::timestamptz
-    FROM unnest($9::bigint[], $10::timestamptz[], $11::bigint[], $12::bigint[],
-                $13::bigint[], $14::bigint[]) AS t
-    ON CONFLICT (subscriber_id, hour_start) DO UPDATE SET
-        input_octets = u.input_octets + EXCLUDED.input_octets,
-        output_octets = u.output_octets + EXCLUDED.output_octets,
-        session_time = u.session_time + EXCLUDED.session_time,
-        sessions = u.sessions + EXCLUDED.sessions,
-        version = u.version + 1,
-        updated_at = EXCLUDED.updated_at
-    RETURNING subscriber_id, hour_start, input_octets, output_octets, session_time, sessions,
-              version
-){outbox}
-SELECT subscriber_id, period, period_start, input_octets, output_octets, session_time FROM d
-"""
-# With usage events on (a feed sink is configured), each usage change also
-# gets its outbox row in the same statement; without a sink they would only
-# pile up: billing then reads the usage tables (feed_usage view) directly.
-_ADD_USAGE_EVENTS: Final = _ADD_USAGE.replace("{outbox}", f", o AS ({_OUTBOX_USAGE})")
-_ADD_USAGE_ONLY: Final = _ADD_USAGE.replace("{outbox}", "")
-# Quota crossings, each with its outbox row; the count of crossings recorded.
-_QUOTA_EVENT: Final = """
-WITH q AS (
-    INSERT INTO quota_events (subscriber_id, period, period_start, kind, time, used, quota)
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::date[], $4::text[], $5::timestamptz[],
-                         $6::bigint[], $7::bigint[])
-    ON CONFLICT DO NOTHING
-    RETURNING *
-), o AS (
-    INSERT INTO feed_outbox (topic, idempotency_key, account_key, payload)
-    SELECT 'quota', 'quota:' || q.subscriber_id || ':' || q.period || ':'
-               || to_char(q.period_start::timestamp, 'YYYY-MM-DD') || ':' || q.kind,
-           coalesce(s.account_ref, 'subscriber:' || q.subscriber_id),
-           jsonb_build_object('subscriber_id', q.subscriber_id, 'account_ref', s.account_ref,
-                              'period', q.period,
-                              'period_start',
-                              to_char(q.period_start::timestamp, 'YYYY-MM-DD"T00:00:00Z"'),
-                              'kind', q.kind, 'used', q.used, 'quota', q.quota,
-                              'time', to_char(q.time AT TIME ZONE 'UTC',
-                                              'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
-    FROM q LEFT JOIN subscribers s ON s.id = q.subscriber_id
-    ORDER BY q.subscriber_id, q.period, q.kind
-    ON CONFLICT (idempotency_key) DO NOTHING
-)
-SELECT count(*) FROM q
-"""
 
 
 def _move_to_closed(where: str, stopped_at: str, reason: str, cause: str) -> str:
@@ -321,14 +221,6 @@ def _from_record(row: Any) -> _Session:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class PlanTerms:
-    """What a subscriber's plan says about sessions and usage."""
-
-    interim_interval: int | None
-    quota: Quota
-
-
 @dataclass(slots=True)
 class ApplyStats:
     """What one batch did to sessions: counts, for metrics and tests."""
@@ -344,7 +236,7 @@ class ApplyStats:
 
 
 @dataclass(frozen=True, slots=True)
-class _Pending:
+class Pending:
     """A queued accounting record, as the applier reads it back (nothing decrypted)."""
 
     id: uuid.UUID
@@ -372,8 +264,8 @@ def _bytes(value: Any) -> bytes | None:
     return None if value is None else bytes(value)
 
 
-def _pending(row: Any) -> _Pending:
-    return _Pending(
+def pending_from_row(row: Any) -> Pending:
+    return Pending(
         id=row["id"],
         status=row["status_type"],
         nas_id=row["nas_id"],
@@ -399,7 +291,7 @@ def _pending(row: Any) -> _Pending:
 
 
 # The record columns the applier reads, from the queue joined to acct_records.
-_CLAIM: Final = f"""
+CLAIM: Final = f"""
 SELECT p.id AS pending_id, r.id, r.status_type, r.nas_id, r.subscriber_id, r.time, r.event_time,
        r.input_octets, r.output_octets, r.session_time, r.gigawords, r.terminate_cause,
        r.session_key, r.session_blind, r.port_blind, r.framed_ip_blind, r.framed_ipv6_blind,
@@ -436,14 +328,14 @@ class SessionTracker:
     async def apply(
         self,
         conn: Connection,
-        records: Iterable[_Pending],
+        records: Iterable[Pending],
         *,
         now: datetime,
     ) -> ApplyStats:
         """Apply queued ``records`` (each exactly once, in this transaction); return the counts."""
         stats = ApplyStats()
-        session_records: list[_Pending] = []
-        nas_wide: list[_Pending] = []
+        session_records: list[Pending] = []
+        nas_wide: list[Pending] = []
         for record in records:
             if record.status in _NAS_WIDE:
                 nas_wide.append(record)
@@ -487,7 +379,7 @@ class SessionTracker:
             )
             closed_at = {bytes(r["session_key"]): r["stopped_at"] for r in rows}
         subscribers = {k.subscriber_id for k in session_records if k.subscriber_id != NO_SUBSCRIBER}
-        terms = await _plan_terms(conn, subscribers)
+        terms = await plan_terms(conn, subscribers)
 
         by_session_blind: dict[bytes, _Session] = {}
         by_port: dict[bytes, _Session] = {}
@@ -561,7 +453,7 @@ class SessionTracker:
                 else:
                     stats.lost_starts += 1
                 if session.subscriber_id != NO_SUBSCRIBER:
-                    usage[(session.subscriber_id, _hour(session.started_at))][3] += 1
+                    usage[(session.subscriber_id, hour_of(session.started_at))][3] += 1
             elif status == AcctStatus.START and not session.start_seen:
                 session.start_seen = True
                 session.started_at = min(session.started_at, record.event_time)
@@ -578,7 +470,7 @@ class SessionTracker:
             session.last_seen = max(session.last_seen, record.received_at)
             session.changed = True
             if delta and session.subscriber_id != NO_SUBSCRIBER:
-                bucket = usage[(session.subscriber_id, _hour(record.event_time))]
+                bucket = usage[(session.subscriber_id, hour_of(record.event_time))]
                 bucket[0] += delta.input_octets
                 bucket[1] += delta.output_octets
                 bucket[2] += delta.session_time
@@ -603,8 +495,8 @@ class SessionTracker:
                 reboot.event_time,
                 now,
             )
-            stats.nas_reboots += _count(moved)
-        stats.quota_events = await _add_usage(
+            stats.nas_reboots += rows_affected(moved)
+        stats.quota_events = await add_usage(
             conn, usage, terms, now, usage_events=self._usage_events
         )
         self._add(stats)
@@ -623,7 +515,9 @@ class SessionTracker:
         moving = [s for s in retired if s.stored]
         changed = [s for s in active if s.changed] + moving
         if changed:
-            await conn.execute(_UPSERT_ACTIVE, *_columns([s.row() for s in changed], len(COLUMNS)))
+            await conn.execute(
+                _UPSERT_ACTIVE, *as_columns([s.row() for s in changed], len(COLUMNS))
+            )
         if moving:
             closes = [s.closed for s in moving]
             assert all(c is not None for c in closes)
@@ -642,10 +536,10 @@ class SessionTracker:
                 assert s.closed is not None
                 at, reason, cause = s.closed
                 rows.append((*s.row(), at, now, reason.value, cause))
-            await conn.execute(_INSERT_CLOSED, *_columns(rows, len(COLUMNS) + len(CLOSED_EXTRA)))
+            await conn.execute(_INSERT_CLOSED, *as_columns(rows, len(COLUMNS) + len(CLOSED_EXTRA)))
 
 
-def _new_session(record: _Pending, key: bytes, terms: dict[int, PlanTerms]) -> _Session:
+def _new_session(record: Pending, key: bytes, terms: dict[int, PlanTerms]) -> _Session:
     """A session first seen in ``record``: its id and sealed columns are the record's."""
     plan = terms.get(record.subscriber_id)
     start = record.status == AcctStatus.START
@@ -670,222 +564,8 @@ def _new_session(record: _Pending, key: bytes, terms: dict[int, PlanTerms]) -> _
     )
 
 
-def _apply_order(record: _Pending) -> tuple[datetime, int]:
+def _apply_order(record: Pending) -> tuple[datetime, int]:
     return record.event_time, _RANK[AcctStatus(record.status)]
-
-
-def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    if not rows:
-        return [[] for _ in range(width)]
-    return [list(column) for column in zip(*rows, strict=True)]
-
-
-def _count(status: str) -> int:
-    try:
-        return int(status.split()[-1])
-    except (ValueError, IndexError):
-        return 0
-
-
-async def _plan_terms(conn: Connection, subscribers: set[int]) -> dict[int, PlanTerms]:
-    if not subscribers:
-        return {}
-    rows = await conn.fetch(
-        "SELECT s.id, p.interim_interval, p.quota_bytes, p.quota_seconds, p.quota_period,"
-        " p.billing_day FROM subscribers s JOIN plans p ON p.id = s.plan_id"
-        " WHERE s.id = ANY($1::bigint[])",
-        list(subscribers),
-    )
-    return {
-        r["id"]: PlanTerms(
-            interim_interval=interim_interval(r["interim_interval"]),
-            quota=Quota(
-                period=Period(r["quota_period"]),
-                billing_day=r["billing_day"],
-                bytes=r["quota_bytes"],
-                seconds=r["quota_seconds"],
-            ),
-        )
-        for r in rows
-    }
-
-
-def _hour(at: datetime) -> datetime:
-    """The UTC hour holding ``at``: the finest usage bucket."""
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-async def _add_usage(
-    conn: Connection,
-    usage: dict[tuple[int, datetime], list[int]],
-    terms: dict[int, PlanTerms],
-    now: datetime,
-    *,
-    usage_events: bool = True,
-) -> int:
-    """Add the batch's deltas to the hour, day and billing-cycle rows, each change with
-    its outbox row when ``usage_events``; record quota crossings (always with theirs)."""
-    if not usage:
-        return 0
-    totals: dict[tuple[int, str, date], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for (sid, hour), deltas in usage.items():
-        plan = terms.get(sid)
-        billing_day = 1 if plan is None else plan.quota.billing_day
-        for period in Period:
-            start = period_start(period, hour.date(), billing_day=billing_day)
-            bucket = totals[(sid, period.value, start)]
-            for i, value in enumerate(deltas):
-                bucket[i] += value
-    keys = sorted(totals)  # a fixed order: concurrent batches lock rows alike
-    hours = sorted(usage)
-    rows = await conn.fetch(
-        _ADD_USAGE_EVENTS if usage_events else _ADD_USAGE_ONLY,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
-        *([totals[k][i] for k in keys] for i in range(4)),
-        now,
-        [k[0] for k in hours],
-        [k[1] for k in hours],
-        *([usage[k][i] for k in hours] for i in range(4)),
-    )
-    events: list[tuple[int, str, date, str, datetime, int, int]] = []
-    for r in rows:
-        plan = terms.get(r["subscriber_id"])
-        if plan is None or plan.quota.period.value != r["period"]:
-            continue
-        for kind, used, quota in quota_crossed(
-            plan.quota,
-            octets=r["input_octets"] + r["output_octets"],
-            seconds=r["session_time"],
-        ):
-            events.append(
-                (r["subscriber_id"], r["period"], r["period_start"], kind, now, used, quota)
-            )
-    if events:
-        return int(await conn.fetchval(_QUOTA_EVENT, *_columns(events, 7)))
-    return 0
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-class SessionApplier:
-    """Applies queued accounting records to sessions, in the background.
-
-    Woken by the writer after each commit (``wake``), and every ``poll``
-    seconds for records queued by another process or left by a crash; up to
-    ``batch_size`` records per transaction, so under load one transaction
-    serves many requests. A batch that fails for any reason but the database
-    being unavailable is retried one record at a time; a record that still
-    fails is dequeued and counted in ``failed`` (its raw record stays, so its
-    session can be rebuilt). ``applied`` counts dequeued records.
-    """
-
-    def __init__(
-        self,
-        pool: Pool,
-        tracker: SessionTracker,
-        *,
-        batch_size: int = 1000,
-        poll: float = 1.0,
-        clock: Callable[[], datetime] = _utc_now,
-    ) -> None:
-        if batch_size < 1 or poll <= 0:
-            raise ValueError("batch_size and poll must be positive")
-        self._pool = pool
-        self.tracker = tracker
-        self._batch_size = batch_size
-        self._poll = poll
-        self._clock = clock
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self.applied = 0
-        self.failed = 0
-
-    def wake(self) -> None:
-        """Records were queued: apply them soon."""
-        self._wakeup.set()
-
-    def start(self) -> None:
-        """Run the apply loop until ``close``."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def close(self) -> None:
-        """Stop the loop, then apply what is queued (best effort: what is left stays queued)."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        with contextlib.suppress(StoreUnavailable):
-            await self.drain()
-
-    async def drain(self) -> int:
-        """Apply batches until the queue is empty (or only other processes' rows remain)."""
-        total = 0
-        while True:
-            done = await self.run_once()
-            total += done
-            if done < self._batch_size:
-                return total
-            # Applying is CPU work on the event loop the acknowledgements
-            # share: modest batches, and a turn for them between batches.
-            await asyncio.sleep(0)
-
-    async def run_once(self) -> int:
-        """Apply one batch of queued records; return how many were dequeued."""
-        async with acquire(self._pool, timeout=30.0) as conn, conn.transaction():
-            rows = await conn.fetch(_CLAIM, self._batch_size)
-            if not rows:
-                return 0
-            # A record erased (or dropped by retention) while queued has
-            # nothing left to apply: it is only dequeued.
-            records = [_pending(r) for r in rows if r["id"] is not None]
-            now = self._clock()
-            if records and not await self._try(conn, records, now):
-                for record in records:  # isolate the record that fails
-                    if not await self._try(conn, [record], now):
-                        self.failed += 1
-                        _log.error("session_apply_failed", status=record.status)
-            await conn.execute(
-                "DELETE FROM acct_pending WHERE id = ANY($1::uuid[])",
-                [r["pending_id"] for r in rows],
-            )
-        self.applied += len(records)
-        return len(rows)
-
-    async def _try(self, conn: Connection, records: list[_Pending], now: datetime) -> bool:
-        try:
-            async with conn.transaction():  # a savepoint: a failure undoes only this try
-                await self.tracker.apply(conn, records, now=now)
-        except (asyncpg.PostgresError, asyncpg.DataError, ValueError, KeyError) as exc:
-            if is_unavailable(exc):
-                raise
-            if len(records) > 1:
-                _log.warning("session_batch_failed", error=type(exc).__name__, rows=len(records))
-            return False
-        return True
-
-    async def _loop(self) -> None:
-        backoff = self._poll
-        while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
-            self._wakeup.clear()
-            if self._closing:
-                return
-            try:
-                await self.drain()
-                backoff = self._poll
-            except StoreUnavailable:
-                backoff = min(backoff * 2, 30.0)  # the database is down; records wait queued
-            except Exception as exc:  # a bug must not stop the applier for good
-                _log.error("session_applier_error", error=type(exc).__name__)
-                backoff = min(backoff * 2, 30.0)
 
 
 async def close_stale(pool: Pool, *, now: datetime, grace: int, default_interval: int) -> int:
@@ -905,4 +585,4 @@ async def close_stale(pool: Pool, *, now: datetime, grace: int, default_interval
             default_interval,
             grace,
         )
-    return _count(status)
+    return rows_affected(status)
