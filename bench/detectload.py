@@ -2,8 +2,9 @@
 
 One database, one subscriber set, the shared load generator
 (``../shared/bench/radload.py``); the server is restarted for each round with
-``[detect] enabled`` on or off, alternating, and the server process's CPU time
-is read from /proc around each run. Prints each round and the medians:
+``[detect] enabled`` on or off, alternating, and the CPU time of the server
+process, and of the PostgreSQL server (as the shared harness counts it), is
+read from /proc around each run. Prints each round and the medians:
 
     .venv/bin/python bench/detectload.py [--rounds 5] [--users 20000] [--count 20000]
 
@@ -34,10 +35,48 @@ from tests.support.server_proc import (  # noqa: E402
 SECRET = "testing123"
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of ``pid``, its live children, and the children it has reaped."""
+    fields = _stat(pid)
+    total = sum(int(f) for f in fields[11:15])
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                child = _stat(int(entry.name))
+            except OSError:
+                continue
+            if int(child[1]) == pid:
+                total += int(child[11]) + int(child[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def postmaster_pid(dsn: str) -> int:
+    """The PostgreSQL server behind ``dsn``: the parent of its checkpointer."""
+    import asyncio
+
+    import asyncpg
+
+    async def ask() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            pid = await conn.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"
+            )
+        finally:
+            await conn.close()
+        return int(pid)
+
+    return int(_stat(asyncio.run(ask()))[1])
 
 
 def main() -> int:
@@ -68,6 +107,8 @@ def main() -> int:
     dsn, name = create_database(admin)
     srv = ServerProcess(work / "server", dsn, probe_secret=SECRET.encode())
     per_request: dict[str, list[float]] = {"off": [], "on": []}
+    with_db: dict[str, list[float]] = {"off": [], "on": []}
+    database = postmaster_pid(admin)
     try:
         srv.setup()
         srv.cli("nas", "add", "bench", "127.0.0.1", "--secret", SECRET)
@@ -82,13 +123,17 @@ def main() -> int:
                 assert srv.proc is not None
                 subprocess.run(load, capture_output=True, check=True)  # warm the cache
                 before = cpu_seconds(srv.proc.pid)
+                db_before = tree_cpu_seconds(database)
                 out = subprocess.run(load, capture_output=True, text=True, check=True).stdout
                 used = cpu_seconds(srv.proc.pid) - before
+                db_used = tree_cpu_seconds(database) - db_before
                 result = json.loads(out.strip().splitlines()[-1])
                 answered = args.count - int(result.get("lost", 0))
                 per_request[mode].append(used / answered * 1e6)
+                with_db[mode].append((used + db_used) / answered * 1e6)
                 print(
-                    f"round {rnd + 1} detection {mode}: {per_request[mode][-1]:.1f} us CPU/request,"
+                    f"round {rnd + 1} detection {mode}: {per_request[mode][-1]:.1f} us CPU/request"
+                    f" (server), {with_db[mode][-1]:.1f} (server + PostgreSQL),"
                     f" {result.get('rps')} req/s",
                     flush=True,
                 )
@@ -96,8 +141,11 @@ def main() -> int:
     finally:
         srv.kill()
         drop_database(admin, name)
-    off, on = statistics.median(per_request["off"]), statistics.median(per_request["on"])
-    print(f"median CPU/request: off {off:.1f} us, on {on:.1f} us, on/off = {on / off:.3f}")
+    for label, series in (("server", per_request), ("server + PostgreSQL", with_db)):
+        off, on = statistics.median(series["off"]), statistics.median(series["on"])
+        print(
+            f"median CPU/request, {label}: off {off:.1f} us, on {on:.1f} us, on/off = {on / off:.3f}"
+        )
     return 0
 
 
