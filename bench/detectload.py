@@ -144,7 +144,8 @@ def main() -> int:
     for label, series in (("server", per_request), ("server + PostgreSQL", with_db)):
         off, on = statistics.median(series["off"]), statistics.median(series["on"])
         print(
-            f"median CPU/request, {label}: off {off:.1f} us, on {on:.1f} us, on/off = {on / off:.3f}"
+            f"median CPU/request, {label}: off {off:.1f} us, on {on:.1f} us,"
+            f" on/off = {on / off:.3f}"
         )
     return 0
 
