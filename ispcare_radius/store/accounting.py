@@ -8,7 +8,6 @@ record has committed; personal fields are sealed before they leave the process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from ispcare_radius.aaa.ports import StoreUnavailable
 from ispcare_radius.privacy.blind import BlindIndex
 from ispcare_radius.privacy.crypto import FieldCipher
 from ispcare_radius.privacy.logsetup import get_logger
-from ispcare_radius.store.db import Connection, Pool, acquire, is_unavailable
+from ispcare_radius.store.db import Connection, Pool, acquire, is_unavailable, rows_affected
 from ispcare_radius.store.events import event_aad
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys, live_subscriber_ciphers
 from ispcare_radius.store.session_keys import (
@@ -445,6 +444,4 @@ async def prune_record_keys(pool: Pool, *, before: datetime) -> int:
     """
     async with acquire(pool, timeout=30.0) as conn:
         status = await conn.execute(f"DELETE FROM {KEYS_TABLE} WHERE time < $1", before)
-    with contextlib.suppress(ValueError, IndexError):
-        return int(status.split()[-1])
-    return 0
+    return rows_affected(status)

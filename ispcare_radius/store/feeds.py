@@ -42,7 +42,7 @@ import asyncpg
 from ispcare_radius.aaa.ports import StoreUnavailable
 from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.privacy.secret import Secret
-from ispcare_radius.store.db import Connection, Pool, acquire
+from ispcare_radius.store.db import Connection, Pool, acquire, rows_affected
 
 _log = get_logger(__name__)
 
@@ -573,7 +573,7 @@ async def replay(conn: Connection, *, since: datetime, sinks: Iterable[Sink]) ->
             f" WHERE created_at >= $1 AND NOT ({_pending(sink)})",
             since,
         )
-        total += int(result.split()[-1])
+        total += rows_affected(result)
     if total:
         await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
     return total
@@ -583,4 +583,4 @@ async def prune(conn: Connection, *, before: datetime, sinks: Iterable[Sink]) ->
     """Delete rows older than ``before`` that every sink in ``sinks`` is done with."""
     done = " AND ".join(f"NOT ({_pending(s)})" for s in sinks) or "true"
     result = await conn.execute(f"DELETE FROM feed_outbox WHERE created_at < $1 AND {done}", before)
-    return int(result.split()[-1])
+    return rows_affected(result)

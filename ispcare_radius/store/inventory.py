@@ -21,6 +21,7 @@ from typing import Final
 
 from ispcare_radius.store.db import Connection
 from ispcare_radius.store.fields import Column as SubscriberColumn
+from ispcare_radius.store.plans import PLAN_COLUMNS
 from ispcare_radius.store.sessions import SEALED as SESSION_SEALED
 
 
@@ -175,36 +176,8 @@ TABLES: Final[tuple[TableDecl, ...]] = (
     TableDecl(
         "plans",
         "while the plan exists",
-        _none(
-            "id",
-            "name",
-            "download_kbps",
-            "upload_kbps",
-            "burst_download_kbps",
-            "burst_upload_kbps",
-            "burst_threshold_download_kbps",
-            "burst_threshold_upload_kbps",
-            "burst_time_s",
-            "session_timeout",
-            "idle_timeout",
-            "interim_interval",
-            "simultaneous_use",
-            "ipv4_pool",
-            "ipv6_pool",
-            "extra_reply",
-            "created_at",
-            "address_list",
-            "qos_profile",
-            "dns_ipv6",
-            "ipv6_address_pool",
-            "login_hours",
-            "time_zone",
-            "walled_garden",
-            "quota_bytes",
-            "quota_seconds",
-            "quota_period",
-            "billing_day",
-        ),
+        # The plan columns the code reads and writes (store/plans.py), plus created_at.
+        _none(*PLAN_COLUMNS, "created_at"),
     ),
     TableDecl(
         "subscribers",

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from ispcare_radius.privacy.logsetup import get_logger
-from ispcare_radius.store.db import Connection, Pool, acquire
+from ispcare_radius.store.db import Connection, Pool, acquire, rows_affected
 from ispcare_radius.store.keyring import DataKeyCache
 from ispcare_radius.store.subscribers import audit, notify_changed
 
@@ -113,11 +113,6 @@ def _utc(now: datetime) -> datetime:
     return (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
 
 
-def _count(status: str) -> int:
-    """The row count of a command tag such as ``DELETE 3``."""
-    return int(status.split()[-1])
-
-
 async def _existing(conn: Connection, tables: Sequence[str]) -> list[str]:
     """The ``tables`` that exist and have a subscriber_id column."""
     rows = await conn.fetch(
@@ -146,8 +141,8 @@ async def erase_rows(conn: Connection, subscriber_id: int) -> dict[str, int]:
         status = await conn.execute(
             f"DELETE FROM {table} WHERE subscriber_id = $1{keep}", subscriber_id
         )
-        affected[table] = _count(status)
-    affected["sessions_closed"] = _count(await conn.execute(_STRIP_CLOSED, subscriber_id))
+        affected[table] = rows_affected(status)
+    affected["sessions_closed"] = rows_affected(await conn.execute(_STRIP_CLOSED, subscriber_id))
     return affected
 
 
@@ -266,7 +261,7 @@ async def delete_before(pool: Pool, table: str, *, before: datetime, batch_size:
                     cutoff,
                     batch_size,
                 )
-                deleted = _count(status)
+                deleted = rows_affected(status)
                 total += deleted
                 if deleted < batch_size:
                     break

@@ -28,7 +28,7 @@ from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store import fields
 from ispcare_radius.store.accounting import record_aad
-from ispcare_radius.store.db import Connection, Pool, acquire
+from ispcare_radius.store.db import Connection, Pool, acquire, rows_affected
 from ispcare_radius.store.devices import device_aad
 from ispcare_radius.store.events import KNOWN_TABLE, UNKNOWN_TABLE, event_aad
 from ispcare_radius.store.keyring import (
@@ -346,7 +346,7 @@ async def start_reencrypt(
                     " WHERE id = ANY($1::bigint[]) AND NOT reencrypt_pending",
                     list(subscriber_ids),
                 )
-                added = int(status.split()[-1])
+                added = rows_affected(status)
                 if added:
                     await audit(
                         conn,
@@ -366,7 +366,7 @@ async def start_reencrypt(
                 "UPDATE subscribers SET reencrypt_pending = true WHERE id = ANY($1::bigint[])",
                 list(subscriber_ids),
             )
-        marked = int(status.split()[-1])
+        marked = rows_affected(status)
         await audit(conn, actor, "keys.reencrypt_start", None, {"subscribers": marked})
         return marked, False
 

@@ -27,7 +27,7 @@ from ispcare_radius.privacy.crypto import FieldCipher, key_version
 from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store import fields
-from ispcare_radius.store.db import Connection, Pool, acquire
+from ispcare_radius.store.db import Connection, Pool, acquire, rows_affected
 from ispcare_radius.store.feeds import enqueue_status
 from ispcare_radius.store.fields import Column, LookupKind
 from ispcare_radius.store.importer import ImportRow, import_subscribers
@@ -232,7 +232,7 @@ ON CONFLICT (session_key) WHERE handled_at IS NULL DO NOTHING
 async def request_disconnects(conn: Connection, subscriber_id: int) -> int:
     """Record a disconnect request (reason ``deactivated``) for each live session; the count."""
     status = await conn.execute(_DISCONNECT_ALL, subscriber_id, DEACTIVATED_REASON)
-    return int(status.split()[-1])
+    return rows_affected(status)
 
 
 async def _deactivation_changes(
