@@ -2,11 +2,13 @@
 
 One database, one subscriber set, the shared load generator
 (``../shared/bench/radload.py``); the server is restarted for each round with
-``[detect] enabled`` on or off, alternating, and the CPU time of the server
-process, and of the PostgreSQL server (as the shared harness counts it), is
-read from /proc around each run. Prints each round and the medians:
+``[detect] enabled`` on or off, alternating. After a warm-up run (the
+subscriber cache, and with detection on the detector's per-subscriber keys),
+``--runs`` runs are measured: the CPU time of the server process, and of the
+PostgreSQL server (as the shared harness counts it), read from /proc around
+them, per answered request. Prints each round and the medians:
 
-    .venv/bin/python bench/detectload.py [--rounds 5] [--users 20000] [--count 20000]
+    .venv/bin/python bench/detectload.py [--rounds 5] [--users 20000] [--count 20000] [--runs 3]
 
 Uses $ISPCARE_BENCH_DSN (an admin DSN; a scratch database is created and
 dropped), default postgresql://postgres@127.0.0.1:5432/postgres.
@@ -85,6 +87,9 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--parallel", type=int, default=32)
     parser.add_argument("--count", type=int, default=20_000, help="requests per run")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="measured runs per server start, after a warm-up run"
+    )
     parser.add_argument("--bench-dir", default=str(ROOT.parent / "shared" / "bench"))
     args = parser.parse_args()
     radload = Path(args.bench_dir) / "radload.py"
@@ -124,11 +129,13 @@ def main() -> int:
                 subprocess.run(load, capture_output=True, check=True)  # warm the cache
                 before = cpu_seconds(srv.proc.pid)
                 db_before = tree_cpu_seconds(database)
-                out = subprocess.run(load, capture_output=True, text=True, check=True).stdout
+                answered = 0
+                for _ in range(args.runs):
+                    out = subprocess.run(load, capture_output=True, text=True, check=True).stdout
+                    result = json.loads(out.strip().splitlines()[-1])
+                    answered += args.count - int(result.get("lost", 0))
                 used = cpu_seconds(srv.proc.pid) - before
                 db_used = tree_cpu_seconds(database) - db_before
-                result = json.loads(out.strip().splitlines()[-1])
-                answered = args.count - int(result.get("lost", 0))
                 per_request[mode].append(used / answered * 1e6)
                 with_db[mode].append((used + db_used) / answered * 1e6)
                 print(

@@ -19,8 +19,9 @@ from ispcare_radius.aaa.ports import MISS, Admission, Miss
 from ispcare_radius.aaa.reply import ReplyRenderer
 from ispcare_radius.aaa.request import Reply, Request
 from ispcare_radius.detect.location import NasType, login_source
+from ispcare_radius.detect.login import Flag
 from ispcare_radius.detect.settings import settings_from_toml
-from ispcare_radius.detect.state import Detector, Flag
+from ispcare_radius.detect.state import Detector
 from ispcare_radius.privacy.blind import BlindIndex
 from ispcare_radius.privacy.secret import Secret
 from ispcare_radius.protocol.authenticator import hide_password, random_authenticator
@@ -214,6 +215,15 @@ def test_the_production_keyer_separates_domains_and_lookup_indexes() -> None:
     assert key("account", b"alice") != key("source", b"alice")
     assert key("account", b"alice") != detect_keyer(BlindIndex(bytes(32)))("account", b"alice")
     assert key("account", b"alice")[:8] not in blind.full(b"alice")
+    # The documented construction, so stored signals replay onto the same
+    # subjects whatever the implementation: keyed BLAKE2b, domain as person.
+    derived = blind.full(b"ispcare-radius/detect-key/v1")
+    for domain in ("account", "mac", "password", "other"):
+        for value in (b"", b"alice", b"x" * 300):
+            expected = hashlib.blake2b(
+                value, key=derived, digest_size=16, person=domain.encode()
+            ).digest()
+            assert key(domain, value) == expected
 
 
 class Limiter:

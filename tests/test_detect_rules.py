@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 
 from ispcare_radius.detect import rules
+from ispcare_radius.detect.login import Flag, Login, Signal
 from ispcare_radius.detect.rules import Fix, distance_km
 from ispcare_radius.detect.settings import (
     AccountManyDevices,
@@ -31,7 +32,7 @@ from ispcare_radius.detect.settings import (
     UnusualHour,
     settings_from_toml,
 )
-from ispcare_radius.detect.state import Detector, Flag, Login, Signal
+from ispcare_radius.detect.state import Detector
 
 T0 = 1_900_000_000.0  # a fixed clock
 DAY = 86400.0
@@ -415,6 +416,30 @@ def test_state_is_keyed_by_digests_and_bounded() -> None:
     assert all(isinstance(k, bytes) and len(k) == 8 for k in failures)
     text = det.observe(_login(T0 + 20, "name-0-secret", password=b"pw-secret")).encode()
     assert "secret" not in text and "02-00" not in text
+
+
+def test_remembered_subscriber_keys_are_the_keys_a_fresh_detector_gives() -> None:
+    """The per-subscriber key memo changes nothing: every login's signal equals the
+    signal of a detector that never saw a login, whatever the name, MAC or
+    subscriber id that come with it; the memo is bounded and holds no name."""
+    det, _ = _detector(max_subjects=4)
+    macs = (None, bytes.fromhex("001b00000001"), bytes.fromhex("021b00000002"))
+    logins = [
+        _login(T0 + i, user, ok=ok, mac=mac, sid=sid, password=b"pw")
+        for i, (user, mac, sid, ok) in enumerate(
+            (user, mac, sid, ok)
+            for user in ("alice", "Alice", "bob", "name-secret")
+            for mac in macs
+            for sid in (7, 8)
+            for ok in (True, False)
+        )
+    ]
+    for login in logins + logins[::-1]:
+        fresh, _ = _detector()
+        assert det.signal(login).encode() == fresh.signal(login).encode()
+    assert len(det._known) <= 4
+    held = repr(det._known)
+    assert "secret" not in held and "alice" not in held.lower()
 
 
 def _stored(det: Detector) -> int:

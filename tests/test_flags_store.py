@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 import pytest
 
 from ispcare_radius.aaa.ports import StoreUnavailable
+from ispcare_radius.detect.login import Flag, Login
 from ispcare_radius.detect.settings import Action, Mode, Rule, Severity, settings_from_toml
-from ispcare_radius.detect.state import Detector, Flag, Login
+from ispcare_radius.detect.state import Detector
 from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.store.db import Connection, Pool
 from ispcare_radius.store.flags import FlagFilter, FlagQuery, FlagWriter, detect_keyer, rebuild

@@ -52,8 +52,9 @@ from ispcare_radius.aaa.ports import (
 )
 from ispcare_radius.aaa.reply import ReplyRenderer, class_attribute
 from ispcare_radius.aaa.request import NOT_READY, NotReady, Reply, Request
+from ispcare_radius.detect.login import Login
 from ispcare_radius.detect.settings import Action as DetectAction
-from ispcare_radius.detect.state import Detector, Login
+from ispcare_radius.detect.state import Detector
 from ispcare_radius.privacy.blind import normalize_mac
 from ispcare_radius.privacy.secret import Secret
 from ispcare_radius.protocol.codes import Code
@@ -507,14 +508,17 @@ class AccessHandler:
         calling = packet.get(CALLING_STATION_ID)
         profile = self._login_profile(attempt)
         place, device = profile.location, profile.device
-        signal = self._observe(attempt, outcome, result, now, profile)
+        reason = outcome.value
+        signal = None
+        if self._detector is not None:
+            signal = self._observe(attempt, reason, result, now, profile, calling)
         self._events.submit(
             AuthEvent(
                 time=datetime.fromtimestamp(now, UTC),
                 subscriber_id=attempt.subscriber.id if attempt.subscriber else None,
                 nas_id=attempt.request.nas.id,
                 result=result,
-                reason=outcome.value,
+                reason=reason,
                 user_name=attempt.user_name or "",
                 calling_station_id=calling.decode("utf-8", "replace") if calling else None,
                 nas_ip=_nas_ip(packet.get(NAS_IP_ADDRESS), packet.get(NAS_IPV6_ADDRESS)),
@@ -572,34 +576,37 @@ class AccessHandler:
     def _observe(
         self,
         attempt: Attempt,
-        outcome: Outcome,
+        reason: str,
         result: AuthResult,
         now: float,
         profile: LoginProfile,
+        calling: bytes | None,
     ) -> str | None:
         """Show the decided login to the detector; its keyed signal for the auth event.
 
         In memory and O(1): history, holds and flags (queued) are updated
         before the reply leaves, so the next request already sees a new hold.
         """
-        over_limit = id(attempt) in self._displaced
-        self._displaced.discard(id(attempt))
+        over_limit = False
+        if self._displaced:
+            over_limit = id(attempt) in self._displaced
+            self._displaced.discard(id(attempt))
         if self._detector is None or attempt.user_name is None:
             return None
-        calling = attempt.request.packet.get(CALLING_STATION_ID)
+        sub = attempt.subscriber
         try:
             signal = self._detector.observe(
-                Login(
-                    time=now,
-                    subscriber_id=attempt.subscriber.id if attempt.subscriber else None,
-                    accepted=result is AuthResult.ACCEPT,
-                    reason=outcome.value,
-                    user_name=attempt.user_name,
-                    calling_station_id=self._source(profile),
-                    mac=mac_of(calling),
-                    password=attempt.password,
-                    place=profile.location,
-                    over_limit=over_limit,
+                Login(  # positional, in field order: this runs for every request
+                    now,
+                    sub.id if sub is not None else None,
+                    result is AuthResult.ACCEPT,
+                    reason,
+                    attempt.user_name,
+                    profile.source,
+                    mac_of(calling),
+                    attempt.password,
+                    profile.location,
+                    over_limit,
                 )
             )
         except Exception:  # detection must never cost an answer

@@ -236,14 +236,18 @@ def account_many_devices(devices: Collection[object], s: AccountManyDevices) -> 
     )
 
 
-def unusual_hour(hours: Sequence[int], hour: int, s: UnusualHour) -> Finding | None:
+def unusual_hour(
+    hours: Sequence[int], hour: int, s: UnusualHour, total: int | None = None
+) -> Finding | None:
     """A login in an hour holding less than ``max_share`` of at least ``min_history`` logins.
 
-    ``hours`` counts the account's earlier logins per UTC hour (24 entries).
+    ``hours`` counts the account's earlier logins per UTC hour (24 entries);
+    ``total`` is their sum when the caller keeps it.
     Low severity always: an odd hour is a score that adds to other signals,
     never a reason to block (settings refuse enforcing actions for it).
     """
-    total = sum(hours)
+    if total is None:
+        total = sum(hours)
     if total < s.min_history:
         return None
     share = hours[hour] / total

@@ -9,11 +9,14 @@ accounts) by its rule's window and its rule's threshold plus one (all the
 rule needs to fire); and the entries of all those lists together by
 ``max_entries``, the least recently used subject of the fullest map
 forgotten first. So memory stays bounded under any load, forged MACs and
-user names included. O(1) amortised per login: appends to bounded deques
-and ordered dicts pruned from the front.
+user names included (the containers are in detect/bounded.py). O(1)
+amortised per login: appends to bounded deques and dicts pruned from the
+front; a returning subscriber's keys are remembered, so its login costs no
+digest.
 
-What a login leaves behind is a ``Signal`` (keys, no personal values), stored
-with its auth event, so ``replay`` can rebuild this state after a restart.
+What a login leaves behind is a ``Signal`` (keys, no personal values;
+detect/login.py), stored with its auth event, so ``replay`` can rebuild this
+state after a restart.
 Chosen over unsealing the auth events' personal columns: the rebuild needs
 no subscriber key, and the wrong-password digests it needs were never
 stored anywhere else.
@@ -26,31 +29,29 @@ its quiet period has passed anew).
 
 from __future__ import annotations
 
-import json
-import unicodedata
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sized
-from dataclasses import asdict, dataclass, field
-from typing import Any, Final, Generic, Protocol, TypeVar
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from typing import Final, Protocol
 
 from ispcare_radius.detect import rules
-from ispcare_radius.detect.rules import Finding, Fix, Place
-from ispcare_radius.detect.settings import (
-    ACTION_RANK,
-    Action,
-    DetectSettings,
-    Rule,
-    Severity,
+from ispcare_radius.detect.bounded import Budget, Lists, Lru, Seen
+from ispcare_radius.detect.login import (
+    FAILURE_REASONS,
+    Flag,
+    Login,
+    Signal,
+    account_text,
+    is_locally_administered,
+    keys_text,
+    source_text,
 )
+from ispcare_radius.detect.rules import Finding, Fix
+from ispcare_radius.detect.settings import ACTION_RANK, Action, DetectSettings, Rule
 
-# Rejects that say someone tried a credential and it did not fit (Outcome slugs).
-FAILURE_REASONS: Final = frozenset({"bad_password", "unknown_user"})
 KEY_BYTES: Final = 8
-SIGNAL_VERSION: Final = 1
-# Coordinates are kept to 0.1 degree in stored signals (about 11 km), and the
-# accuracy radius widened to cover the rounding: a coarse category, not a place.
-_ROUND_DEGREES: Final = 1
-_ROUNDING_KM: Final = 8.0
+_NO_HOURS: Final = bytes(24 * array("I").itemsize)
 
 Keyer = Callable[[str, bytes], bytes]
 """(domain, value) -> keyed digest (HMAC under a key the database never holds in clear)."""
@@ -82,300 +83,25 @@ _RULE_SUBJECT: Final = {
 }
 
 
-# Login and Signal are built for every Access-Request: slotted but not frozen,
-# because a frozen dataclass sets each field through object.__setattr__.
-# Nothing changes them after construction.
-@dataclass(slots=True)
-class Login:
-    """One decided Access-Request as the pipeline saw it; personal values in clear.
-
-    ``calling_station_id`` is the source: the Calling-Station-Id, or the
-    client's public IP for VPN and hotspot NAS. ``password`` is the PAP
-    password offered (only its keyed digest is kept); ``mac`` the 6 bytes of
-    a MAC-shaped Calling-Station-Id.
-    """
-
-    time: float
-    subscriber_id: int | None
-    accepted: bool
-    reason: str
-    user_name: str = field(repr=False)
-    calling_station_id: str | None = field(default=None, repr=False)
-    mac: bytes | None = field(default=None, repr=False)
-    password: bytes | None = field(default=None, repr=False)
-    place: Place | None = field(default=None, repr=False)
-    # Admitted over the plan's Simultaneous-Use limit by displacing a session.
-    over_limit: bool = False
+# (account key, MAC key, MAC locally administered, ``keys_text``).
+_Identity = tuple[bytes, bytes | None, bool, str]
 
 
-@dataclass(slots=True)
-class Signal:
-    """What detection keeps of a login: keyed digests and a coarse location, no personal value."""
-
-    time: float
-    subscriber_id: int | None
-    accepted: bool
-    reason: str
-    account: bytes
-    source: bytes | None = None
-    mac: bytes | None = None
-    mac_local: bool = False
-    password: int | None = None
-    fix: Fix | None = None
-    over_limit: bool = False  # not stored: its flag is, once
-
-    @property
-    def failure(self) -> bool:
-        return not self.accepted and self.reason in FAILURE_REASONS
-
-    def row(self) -> dict[str, Any]:
-        """The JSON stored with the auth event (``auth_events.detect``)."""
-        out: dict[str, Any] = {"v": SIGNAL_VERSION, "a": self.account.hex()}
-        if self.source is not None:
-            out["s"] = self.source.hex()
-        if self.mac is not None:
-            out["m"] = self.mac.hex()
-            out["ml"] = self.mac_local
-        if self.password is not None:
-            out["p"] = self.password
-        fix = self.fix
-        if fix is not None:
-            lat = None if fix.latitude is None else round(fix.latitude, _ROUND_DEGREES)
-            lon = None if fix.longitude is None else round(fix.longitude, _ROUND_DEGREES)
-            out["fx"] = [fix.country, lat, lon, (fix.accuracy_km or 0.0) + _ROUNDING_KM]
-        return out
-
-    def encode(self) -> str:
-        """``row()`` as compact JSON text, as the auth-event writer stores it.
-
-        Built by hand: it runs for every Access-Request, and hex digests and
-        integers need no escaping (the location goes through ``json``).
-        """
-        parts = [f'{{"v":{SIGNAL_VERSION},"a":"{self.account.hex()}"']
-        if self.source is not None:
-            parts.append(f',"s":"{self.source.hex()}"')
-        if self.mac is not None:
-            parts.append(f',"m":"{self.mac.hex()}","ml":{"true" if self.mac_local else "false"}')
-        if self.password is not None:
-            parts.append(f',"p":{self.password}')
-        if self.fix is not None:
-            parts.append(',"fx":' + json.dumps(self.row()["fx"], separators=(",", ":")))
-        parts.append("}")
-        return "".join(parts)
-
-    @classmethod
-    def decode(
-        cls, text: str, *, time: float, subscriber_id: int | None, accepted: bool, reason: str
-    ) -> Signal | None:
-        """The signal stored as ``text`` by ``encode``; None if it is not one."""
-        try:
-            row = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(row, dict):
-            return None
-        try:
-            return cls.from_row(
-                row, time=time, subscriber_id=subscriber_id, accepted=accepted, reason=reason
-            )
-        except (KeyError, TypeError, ValueError):
-            return None
-
-    @classmethod
-    def from_row(
-        cls,
-        row: dict[str, Any],
-        *,
-        time: float,
-        subscriber_id: int | None,
-        accepted: bool,
-        reason: str,
-    ) -> Signal | None:
-        """The signal stored by ``row``; None for a row of an unknown version."""
-        if row.get("v") != SIGNAL_VERSION or "a" not in row:
-            return None
-        fx = row.get("fx")
-        fix = None
-        if isinstance(fx, list) and len(fx) == 4:
-            fix = Fix(time, fx[0], fx[1], fx[2], fx[3])
-        return cls(
-            time=time,
-            subscriber_id=subscriber_id,
-            accepted=accepted,
-            reason=reason,
-            account=bytes.fromhex(row["a"]),
-            source=bytes.fromhex(row["s"]) if "s" in row else None,
-            mac=bytes.fromhex(row["m"]) if "m" in row else None,
-            mac_local=bool(row.get("ml", False)),
-            password=int(row["p"]) if "p" in row else None,
-            fix=fix,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Flag:
-    """A finding with its subject, time bucket and action, for the flag store.
-
-    ``evidence`` holds personal values (sealed by the store) only on a flag
-    about an account; ``thresholds`` are the rule's settings when it fired.
-    """
-
-    time: float
-    rule: Rule
-    severity: Severity
-    score: float
-    action: Action
-    subject_kind: str
-    subject: bytes
-    bucket: int
-    subscriber_id: int | None
-    evidence: dict[str, Any] = field(repr=False)
-    thresholds: dict[str, Any]
-    replayed: bool = False
-
-
-def account_text(user_name: str) -> bytes:
-    """A user name as one account, however spelled: NFKC, case folded, NFKC again.
-
-    ASCII names (nearly all) take the short way: NFKC leaves them as they are
-    and case folding is lowercasing.
-    """
-    if user_name.isascii():
-        return user_name.lower().encode("ascii")
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", user_name).casefold())
-    return folded.encode("utf-8", "surrogatepass")
-
-
-def source_text(source: str) -> bytes:
-    """A source (Calling-Station-Id or client IP) as one subject: trimmed, lowercased.
-
-    A NAS writes a station the same way every time, so no further
-    normalisation is needed to count what comes from it.
-    """
-    return source.strip().lower().encode("utf-8", "surrogatepass")
-
-
-def is_locally_administered(mac: bytes) -> bool:
-    """The U/L bit (IEEE 802, bit 1 of octet 0): set on randomised MACs."""
-    return bool(mac[0] & 0x02)
-
-
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-class _Lru(OrderedDict[_K, _V]):
-    """An ordered dict that forgets its least recently used entries beyond ``limit``."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def put(self, key: _K, value: _V) -> _V:
-        """Add ``value`` as the most recent entry, forgetting the oldest beyond the limit."""
-        self[key] = value
-        if len(self) > self.limit:
-            self.popitem(last=False)
-        return value
-
-    def take(self, key: _K, make: Callable[[], _V]) -> _V:
-        value = self.get(key)
-        if value is None:
-            value = self[key] = make()
-            while len(self) > self.limit:
-                self.popitem(last=False)
-        else:
-            self.move_to_end(key)
-        return value
-
-
-_L = TypeVar("_L", bound=Sized)
-
-
-class _Budget:
-    """The entries held across several ``_Lists`` maps, and the cap on their sum."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.entries = 0
-        self.maps: list[_Lists[Any]] = []
-
-    def settle(self) -> None:
-        """Forget least recently used subjects of the fullest map until under the cap.
-
-        The fullest map is the one a flood fills: an attacker forging names
-        or MACs evicts their own subjects first, not the accounts' failures.
-        Only runs once the cap is reached; five maps to compare.
-        """
-        while self.entries > self.limit:
-            max(self.maps, key=lambda m: m.entries).forget_oldest()
-
-
-class _Lists(OrderedDict[bytes, _L], Generic[_L]):
-    """An LRU of per-subject lists that counts their entries against a shared budget.
-
-    Callers change a list in place and report its length before and after
-    (``resized``); forgetting a subject gives its entries back.
-    """
-
-    def __init__(self, limit: int, budget: _Budget) -> None:
-        super().__init__()
-        self.limit = limit
-        self.entries = 0
-        self._budget = budget
-        budget.maps.append(self)
-
-    def open(self, key: bytes, make: Callable[[], _L]) -> _L:
-        """The list of ``key`` (made empty if new), now the most recently used."""
-        value = self.get(key)
-        if value is None:
-            value = self[key] = make()
-            while len(self) > self.limit:
-                self.forget_oldest()
-        else:
-            self.move_to_end(key)
-        return value
-
-    def forget_oldest(self) -> None:
-        _, value = self.popitem(last=False)
-        self.entries -= len(value)
-        self._budget.entries -= len(value)
-
-    def resized(self, before: int, after: int) -> None:
-        """Account for a list that went from ``before`` to ``after`` entries."""
-        grown = after - before
-        if grown:
-            self.entries += grown
-            budget = self._budget
-            budget.entries += grown
-            if budget.entries > budget.limit:
-                budget.settle()
-
-
-def _touch(
-    seen: OrderedDict[bytes, float], key: bytes, now: float, window: float, cap: int
-) -> None:
-    """Record ``key`` at ``now`` and drop keys last seen before the window (or beyond ``cap``).
-
-    ``cap`` is the rule's threshold plus one: a "more than N" rule fires
-    with N + 1 keys inside the window, so keeping more would only cost
-    memory. The oldest key goes first, so the newest N + 1 are always kept.
-    """
-    seen.pop(key, None)
-    seen[key] = now
-    while seen and (next(iter(seen.values())) < now - window or len(seen) > cap):
-        seen.popitem(last=False)
-
-
-@dataclass(slots=True)
 class _Habit:
-    """One account's accepted logins: countries, last location, hours of day."""
+    """One account's accepted logins: countries, last location, hours of day.
 
-    first: float
-    seen: int = 0
-    countries: deque[str] = field(default_factory=deque)
-    last_fix: Fix | None = None
-    hours: list[int] = field(default_factory=lambda: [0] * 24)
+    Made for every new account, so it is small and quick to make: the hours
+    are an array, the countries come with the first location.
+    """
+
+    __slots__ = ("countries", "first", "hours", "last_fix", "seen")
+
+    def __init__(self, first: float) -> None:
+        self.first = first
+        self.seen = 0  # the sum of ``hours``
+        self.countries: deque[str] | None = None
+        self.last_fix: Fix | None = None
+        self.hours = array("I", _NO_HOURS)
 
 
 class Detector:
@@ -390,22 +116,28 @@ class Detector:
         self._key = keyer
         self._sink = sink
         n = settings.max_subjects
-        self._budget = _Budget(settings.max_entries)
+        self._budget = Budget(settings.max_entries)
         budget = self._budget
-        self._failures: _Lists[deque[tuple[float, int | None]]] = _Lists(n, budget)
-        self._spray_names: _Lists[OrderedDict[bytes, float]] = _Lists(n, budget)
-        self._spray_failures: _Lists[deque[float]] = _Lists(n, budget)
-        self._habits: _Lru[bytes, _Habit] = _Lru(n)
-        self._account_macs: _Lists[OrderedDict[bytes, float]] = _Lists(n, budget)
-        self._mac_accounts: _Lists[OrderedDict[bytes, float]] = _Lists(n, budget)
-        self._fired: _Lru[tuple[Rule, str, bytes, int], bool] = _Lru(n)
-        self._holds: _Lru[tuple[str, bytes], tuple[Action, float]] = _Lru(n)
+        self._failures: Lists[deque[tuple[float, int | None]]] = Lists(n, budget)
+        self._spray_names = Seen(n, budget)
+        self._spray_failures: Lists[deque[float]] = Lists(n, budget)
+        self._habits: Lru[bytes, _Habit] = Lru(n)
+        self._account_macs = Seen(n, budget)
+        self._mac_accounts = Seen(n, budget)
+        self._fired: Lru[tuple[Rule, str, bytes, int], bool] = Lru(n)
+        self._holds: Lru[tuple[str, bytes], tuple[Action, float]] = Lru(n)
         self.flags_emitted = 0
         self._fail_len = max(settings.brute_force.short_count, settings.brute_force.long_count)
         self._memo: (
             tuple[tuple[str, str | None, bytes | None], tuple[bytes, bytes | None, bytes | None]]
             | None
         ) = None
+        # A known subscriber's (account, MAC) keys, found by the process's
+        # salted hash of (subscriber id, user name, MAC): no personal value is
+        # held, and a returning subscriber costs no digest. Insertion order
+        # evicts; the subscriber id in the value guards against collisions.
+        self._known: dict[int, tuple[int, _Identity]] = {}
+        self._known_limit = n
 
     # --- keys -------------------------------------------------------------
 
@@ -431,15 +163,48 @@ class Detector:
         self._memo = (asked, keys)
         return keys
 
+    def _identity(self, login: Login) -> _Identity:
+        """The account and MAC keys of ``login``; remembered for a known subscriber."""
+        sid = login.subscriber_id
+        if sid is None:
+            return self._identify(login)
+        known = self._known
+        slot = hash((sid, login.user_name, login.mac))
+        hit = known.get(slot)
+        if hit is not None and hit[0] == sid:
+            return hit[1]
+        found = self._identify(login)
+        known[slot] = (sid, found)
+        if len(known) > self._known_limit:
+            del known[next(iter(known))]
+        return found
+
+    def _identify(self, login: Login) -> _Identity:
+        key = self._key
+        account = key(Subject.ACCOUNT, account_text(login.user_name))[:KEY_BYTES]
+        mac = login.mac
+        if mac is None:
+            return account, None, False, keys_text(account, None, False)
+        mac_key = key(Subject.MAC, mac)[:KEY_BYTES]
+        local = is_locally_administered(mac)
+        return account, mac_key, local, keys_text(account, mac_key, local)
+
     def signal(self, login: Login) -> Signal:
-        """The keyed form of ``login``: what the rules and the auth-events row keep."""
-        account, source, mac = self.keys(login.user_name, login.calling_station_id, login.mac)
-        password = None
-        if login.password is not None and not login.accepted:
-            # Only 32 bits, and bound to the account: enough to count distinct
-            # wrong passwords, too short to test a guess offline.
-            digest = self._key("password", account + login.password)
-            password = int.from_bytes(digest[:4], "big")
+        """The keyed form of ``login``: what the rules and the auth-events row keep.
+
+        The source key is only for failures (the spray rule counts nothing
+        else), so an accepted login costs no digest of it.
+        """
+        account, mac, mac_local, head = self._identity(login)
+        source = password = None
+        if not login.accepted:
+            if login.calling_station_id:
+                source = self.keys(login.user_name, login.calling_station_id, login.mac)[1]
+            if login.password is not None:
+                # Only 32 bits, and bound to the account: enough to count distinct
+                # wrong passwords, too short to test a guess offline.
+                digest = self._key("password", account + login.password)
+                password = int.from_bytes(digest[:4], "big")
         fix = None
         place = login.place
         if place is not None and (place.country or place.latitude is not None):
@@ -448,18 +213,19 @@ class Detector:
             if accuracy is None:
                 accuracy = self.settings.nas_accuracy_km
             fix = Fix(login.time, place.country, place.latitude, place.longitude, accuracy)
-        return Signal(
-            time=login.time,
-            subscriber_id=login.subscriber_id,
-            accepted=login.accepted,
-            reason=login.reason,
-            account=account,
-            source=source,
-            mac=mac,
-            mac_local=login.mac is not None and is_locally_administered(login.mac),
-            password=password,
-            fix=fix,
-            over_limit=login.over_limit,
+        return Signal(  # positional, in field order: this runs for every request
+            login.time,
+            login.subscriber_id,
+            login.accepted,
+            login.reason,
+            account,
+            source,
+            mac,
+            mac_local,
+            password,
+            fix,
+            login.over_limit,
+            head,
         )
 
     # --- the question before a reply ---------------------------------------
@@ -516,10 +282,7 @@ class Detector:
     def observe(self, login: Login) -> Signal:
         """Run the rules on ``login``, emit its flags and holds; the signal to store."""
         sig = self.signal(login)
-        personal: dict[str, Any] = {"user_name": login.user_name}
-        if login.calling_station_id:
-            personal["calling_station_id"] = login.calling_station_id
-        self.apply(sig, personal=personal)
+        self.apply(sig, login)
         return sig
 
     def replay(self, signals: Iterable[Signal]) -> int:
@@ -531,12 +294,15 @@ class Detector:
         """
         count = 0
         for sig in signals:
-            self.apply(sig, personal=None)
+            self.apply(sig)
             count += 1
         return count
 
-    def apply(self, sig: Signal, *, personal: dict[str, Any] | None) -> list[Flag]:
+    def apply(self, sig: Signal, login: Login | None = None) -> list[Flag]:
         """Every rule over ``sig`` and the subject's history, then record ``sig``.
+
+        ``login`` is the request behind a live signal (its personal values go
+        into the evidence of a flag about the account); None on replay.
 
         Runs for every Access-Request: plain appends and lookups, no closures,
         each history pruned from its old end (amortised O(1)).
@@ -545,7 +311,7 @@ class Detector:
         t = sig.time
         account = sig.account
         found: list[tuple[Finding, bytes]] = []
-        if sig.failure:
+        if not sig.accepted and sig.reason in FAILURE_REASONS:
             bf = s.brute_force
             fails = self._failures.open(account, self._new_failures)
             before = len(fails)
@@ -556,10 +322,8 @@ class Detector:
             source = sig.source
             if source is not None:
                 sp = s.password_spray
-                names = self._spray_names.open(source, OrderedDict)
-                before = len(names)
-                _touch(names, account, t, sp.names_window, sp.max_names + 1)
-                self._spray_names.resized(before, len(names))
+                self._spray_names.touch(source, account, t, sp.names_window, sp.max_names + 1)
+                names = self._spray_names.keys_of(source)
                 day = self._spray_failures.open(source, self._new_day)
                 before = len(day)
                 day.append(t)
@@ -569,15 +333,18 @@ class Detector:
                 if (f := rules.password_spray(names, len(day), sp)) is not None:
                     found.append((f, source))
         if sig.accepted:
-            habit = self._habits.get(account)
+            habits = self._habits
+            habit = habits.get(account)
             if habit is None:
-                habit = self._habits.put(account, _Habit(first=t))
+                habit = habits[account] = _Habit(t)
+                if len(habits) > habits.limit:
+                    habits.popitem(last=False)
             else:
-                self._habits.move_to_end(account)
+                habits.move_to_end(account)
             fix = sig.fix
             if fix is not None:
                 f = rules.new_country(
-                    habit.countries, habit.seen, habit.first, fix.country, t, s.new_country
+                    habit.countries or (), habit.seen, habit.first, fix.country, t, s.new_country
                 )
                 if f is not None:
                     found.append((f, account))
@@ -586,25 +353,28 @@ class Detector:
                     if f is not None:
                         found.append((f, account))
             hour = int(t // 3600) % 24
-            if (f := rules.unusual_hour(habit.hours, hour, s.unusual_hour)) is not None:
-                found.append((f, account))
-            self._remember(habit, fix, hour)
+            if habit.seen >= s.unusual_hour.min_history:
+                f = rules.unusual_hour(habit.hours, hour, s.unusual_hour, habit.seen)
+                if f is not None:
+                    found.append((f, account))
+            habit.seen += 1
+            habit.hours[hour] += 1
+            if fix is not None:
+                self._remember(habit, fix)
             mac = sig.mac
             if mac is not None:
                 if not sig.mac_local:
                     am = s.account_many_devices
-                    macs = self._account_macs.open(account, OrderedDict)
-                    before = len(macs)
-                    _touch(macs, mac, t, am.window, am.max_devices + 1)
-                    self._account_macs.resized(before, len(macs))
-                    if (f := rules.account_many_devices(macs, am)) is not None:
+                    held = self._account_macs.touch(account, mac, t, am.window, am.max_devices + 1)
+                    if held > am.max_devices and (
+                        f := rules.account_many_devices(self._account_macs.keys_of(account), am)
+                    ):
                         found.append((f, account))
                 dm = s.device_many_accounts
-                accounts = self._mac_accounts.open(mac, OrderedDict)
-                before = len(accounts)
-                _touch(accounts, account, t, dm.window, dm.max_accounts + 1)
-                self._mac_accounts.resized(before, len(accounts))
-                if (f := rules.device_many_accounts(accounts, dm)) is not None:
+                held = self._mac_accounts.touch(mac, account, t, dm.window, dm.max_accounts + 1)
+                if held > dm.max_accounts and (
+                    f := rules.device_many_accounts(self._mac_accounts.keys_of(mac), dm)
+                ):
                     found.append((f, mac))
         if sig.over_limit or sig.reason == "simultaneous_use":
             f = rules.concurrent_sessions(sig.reason, s.concurrent_sessions, sig.over_limit)
@@ -615,7 +385,7 @@ class Detector:
         return [
             flag
             for finding, subject in found
-            if (flag := self._act(sig, finding, subject, personal)) is not None
+            if (flag := self._act(sig, finding, subject, login)) is not None
         ]
 
     def _new_failures(self) -> deque[tuple[float, int | None]]:
@@ -626,19 +396,19 @@ class Detector:
         # One failure beyond the threshold is enough to fire "more than max_failures".
         return deque(maxlen=self.settings.password_spray.max_failures + 1)
 
-    def _remember(self, habit: _Habit, fix: Fix | None, hour: int) -> None:
-        habit.seen += 1
-        habit.hours[hour] += 1
-        if fix is not None:
-            if fix.country:
-                habit.countries.append(fix.country)
-                while len(habit.countries) > self.settings.new_country.history:
-                    habit.countries.popleft()
-            if fix.latitude is not None and fix.longitude is not None:
-                habit.last_fix = fix
+    def _remember(self, habit: _Habit, fix: Fix) -> None:
+        """Add an accepted login's location to the account's habit."""
+        if fix.country:
+            if habit.countries is None:
+                habit.countries = deque()
+            habit.countries.append(fix.country)
+            while len(habit.countries) > self.settings.new_country.history:
+                habit.countries.popleft()
+        if fix.latitude is not None and fix.longitude is not None:
+            habit.last_fix = fix
 
     def _act(
-        self, sig: Signal, finding: Finding, subject: bytes, personal: dict[str, Any] | None
+        self, sig: Signal, finding: Finding, subject: bytes, login: Login | None
     ) -> Flag | None:
         """Apply the configured action's hold, and emit the flag once per bucket."""
         s = self.settings
@@ -660,12 +430,14 @@ class Detector:
             return None
         self._fired.take(fired, lambda: True)
         evidence = dict(finding.evidence)
-        if personal is not None and kind == Subject.ACCOUNT:
+        if login is not None and kind == Subject.ACCOUNT:
             # Only a flag about an account carries its user name: it is sealed
             # under that subscriber's key and goes with their erasure. A source
             # or MAC flag is sealed under the epoch key and outlives any one
             # subscriber, so it keeps the rule's counts and the keyed subject.
-            evidence.update(personal)
+            evidence["user_name"] = login.user_name
+            if login.calling_station_id:
+                evidence["calling_station_id"] = login.calling_station_id
         flag = Flag(
             time=sig.time,
             rule=rule,
@@ -678,7 +450,7 @@ class Detector:
             subscriber_id=sig.subscriber_id if kind == Subject.ACCOUNT else None,
             evidence=evidence,
             thresholds=asdict(s.rule(rule)),
-            replayed=personal is None,
+            replayed=login is None,
         )
         self.flags_emitted += 1
         self._sink.submit(flag)

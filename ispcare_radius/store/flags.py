@@ -19,8 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from ispcare_radius.aaa.ports import StoreUnavailable
+from ispcare_radius.detect.login import Flag, Signal
 from ispcare_radius.detect.settings import Action
-from ispcare_radius.detect.state import Detector, Flag, Keyer, Signal
+from ispcare_radius.detect.state import Detector, Keyer
 from ispcare_radius.privacy.blind import BlindIndex
 from ispcare_radius.privacy.crypto import DecryptError, FieldCipher, field_aad
 from ispcare_radius.privacy.logsetup import get_logger
@@ -47,11 +48,20 @@ def detect_keyer(blind: BlindIndex) -> Keyer:
     personalisation string.
     """
     key = blind.full(b"ispcare-radius/detect-key/v1")
-    persons = {d: d.encode("ascii") for d in ("account", "source", "mac", "password")}
+    # One keyed state per domain, copied for each value: the same digest as a
+    # fresh ``blake2b(value, key=key, person=domain)``, without the set-up.
+    keyed = {
+        d: hashlib.blake2b(key=key, digest_size=16, person=d.encode("ascii"))
+        for d in ("account", "source", "mac", "password")
+    }
 
     def digest(domain: str, value: bytes) -> bytes:
-        person = persons.get(domain) or domain.encode("ascii")
-        return hashlib.blake2b(value, key=key, digest_size=16, person=person).digest()
+        state = keyed.get(domain)
+        if state is None:
+            state = hashlib.blake2b(key=key, digest_size=16, person=domain.encode("ascii"))
+        h = state.copy()
+        h.update(value)
+        return h.digest()
 
     return digest
 
@@ -280,7 +290,7 @@ async def rebuild(pool: Pool, detector: Detector, *, now: datetime) -> int:
                 reason=str(row["reason"]),
             )
             if sig is not None:
-                detector.apply(sig, personal=None)
+                detector.apply(sig)
                 count += 1
     return count
 

@@ -1,0 +1,131 @@
+"""Bounded maps for the detector's state.
+
+An LRU, and per-subject collections (LRUs themselves) whose entries are
+counted against one shared budget, so memory stays bounded under any load.
+Plain containers: no keys, rules or I/O (detect/state.py uses them).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sized
+from typing import Any, Generic, TypeVar
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class Lru(OrderedDict[_K, _V]):
+    """An ordered dict that forgets its least recently used entries beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def take(self, key: _K, make: Callable[[], _V]) -> _V:
+        value = self.get(key)
+        if value is None:
+            value = self[key] = make()
+            while len(self) > self.limit:
+                self.popitem(last=False)
+        else:
+            self.move_to_end(key)
+        return value
+
+
+_L = TypeVar("_L", bound=Sized)
+
+
+class Budget:
+    """The entries held across several ``Lists`` maps, and the cap on their sum."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.entries = 0
+        self.maps: list[Lists[Any]] = []
+
+    def settle(self) -> None:
+        """Forget least recently used subjects of the fullest map until under the cap.
+
+        The fullest map is the one a flood fills: an attacker forging names
+        or MACs evicts their own subjects first, not the accounts' failures.
+        Only runs once the cap is reached; five maps to compare.
+        """
+        while self.entries > self.limit:
+            max(self.maps, key=lambda m: m.entries).forget_oldest()
+
+
+class Lists(OrderedDict[bytes, _L], Generic[_L]):
+    """An LRU of per-subject lists that counts their entries against a shared budget.
+
+    Callers change a list in place and report its length before and after
+    (``resized``); forgetting a subject gives its entries back.
+    """
+
+    def __init__(self, limit: int, budget: Budget) -> None:
+        super().__init__()
+        self.limit = limit
+        self.entries = 0
+        self._budget = budget
+        budget.maps.append(self)
+
+    def open(self, key: bytes, make: Callable[[], _L]) -> _L:
+        """The list of ``key`` (made empty if new), now the most recently used."""
+        value = self.get(key)
+        if value is None:
+            value = self[key] = make()
+            while len(self) > self.limit:
+                self.forget_oldest()
+        else:
+            self.move_to_end(key)
+        return value
+
+    def forget_oldest(self) -> None:
+        _, value = self.popitem(last=False)
+        self.entries -= len(value)
+        self._budget.entries -= len(value)
+
+    def resized(self, before: int, after: int) -> None:
+        """Account for a list that went from ``before`` to ``after`` entries."""
+        grown = after - before
+        if grown:
+            self.entries += grown
+            budget = self._budget
+            budget.entries += grown
+            if budget.entries > budget.limit:
+                budget.settle()
+
+
+class Seen(Lists[dict[bytes, float]]):
+    """Per subject, the keys seen with it inside a window: when each was last seen."""
+
+    def touch(self, subject: bytes, key: bytes, now: float, window: float, cap: int) -> int:
+        """Record ``key`` for ``subject`` at ``now``; how many keys it now has.
+
+        Keys last seen before the window, or beyond ``cap``, are dropped.
+        ``cap`` is the rule's threshold plus one: a "more than N" rule fires
+        with N + 1 keys inside the window, so keeping more would only cost
+        memory. The oldest key goes first, so the newest N + 1 are always
+        kept. Each subject's keys are a plain dict (insertion ordered,
+        cheaper to make than an OrderedDict): most only ever hold one.
+        """
+        seen = self.get(subject)
+        if seen is None:
+            self[subject] = {key: now}
+            while len(self) > self.limit:
+                self.forget_oldest()
+            self.resized(0, 1)
+            return 1
+        self.move_to_end(subject)
+        before = len(seen)
+        seen.pop(key, None)
+        seen[key] = now
+        while seen and (next(iter(seen.values())) < now - window or len(seen) > cap):
+            del seen[next(iter(seen))]
+        after = len(seen)
+        if after != before:
+            self.resized(before, after)
+        return after
+
+    def keys_of(self, subject: bytes) -> dict[bytes, float]:
+        return self[subject]
