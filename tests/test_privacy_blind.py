@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -103,11 +105,78 @@ def test_normalize_mac_formats(text: str) -> None:
         "10.0.0.1",
         "\uff10a:1b:2c:3d:4e:5f",  # fullwidth digit
         "\u0660a:1b:2c:3d:4e:5f",  # Arabic-Indic digit zero
+        "0a:1b:2c:3d:  :5f",  # an octet of spaces
+        "0a1b2c3d  5f",
     ],
 )
 def test_normalize_mac_junk_is_none(text: str) -> None:
     """Anything but the four spellings of six octets gives None."""
     assert normalize_mac(text) is None
+
+
+# The four spellings as regular expressions: the specification the
+# hand-written parser must match exactly.
+_SPELLINGS = (
+    re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}"),
+    re.compile(r"[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}"),
+    re.compile(r"[0-9A-Fa-f]{4}(?:\.[0-9A-Fa-f]{4}){2}"),
+    re.compile(r"[0-9A-Fa-f]{12}"),
+)
+
+
+def _by_regex(text: str) -> bytes | None:
+    candidate = text.strip()
+    if any(form.fullmatch(candidate) for form in _SPELLINGS):
+        return bytes.fromhex(candidate.replace(":", "").replace("-", "").replace(".", ""))
+    return None
+
+
+def _mangled(digits: str, seps: list[tuple[int, str]]) -> str:
+    for at, sep in seps:
+        digits = digits[:at] + sep + digits[at:]
+    return digits
+
+
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789abcdefABCDEFg:-. \n\t\u0660\uff10", max_size=20),
+        # Twelve hex digits with separators (or spaces) anywhere, and the odd
+        # non-hex character: near misses of the four spellings.
+        st.builds(
+            _mangled,
+            st.text(alphabet="0123456789abcdefABCDEF \u0660", min_size=10, max_size=13),
+            st.lists(st.tuples(st.integers(0, 14), st.sampled_from(":-. ")), max_size=6),
+        ),
+        st.binary(min_size=6, max_size=6).flatmap(
+            lambda mac: st.sampled_from(
+                [mac.hex(":"), mac.hex("-"), mac.hex(), f"{mac.hex()[:4]}.{mac.hex()[4:8]}"]
+            )
+        ),
+        st.text(max_size=20),
+    )
+)
+def test_normalize_mac_accepts_exactly_the_four_spellings(text: str) -> None:
+    """The parser and the four regular expressions agree on every string."""
+    assert normalize_mac(text) == _by_regex(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["0a:1b:2c:3d:4e:5f", "0A-1B-2C-3D-4E-5F", "0a1b.2c3d.4e5f", "0a1b2c3d4e5f"]
+)
+def test_normalize_mac_agrees_on_every_near_miss(text: str) -> None:
+    """Each spelling with any one character replaced, any two swapped, or one
+    dropped: the parser accepts exactly what the regular expressions accept."""
+    variants = set()
+    for i in range(len(text)):
+        variants.add(text[:i] + text[i + 1 :])
+        for c in ":-. g0F\u0660":
+            variants.add(text[:i] + c + text[i + 1 :])
+        for j in range(i + 1, len(text)):
+            chars = list(text)
+            chars[i], chars[j] = chars[j], chars[i]
+            variants.add("".join(chars))
+    for variant in variants:
+        assert normalize_mac(variant) == _by_regex(variant), variant
 
 
 @given(st.binary(min_size=6, max_size=6))

@@ -9,21 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import unicodedata
 from typing import Final
 
 MAC_BYTES: Final = 6
 DIGEST_BYTES: Final = 32
-
-# The four spellings NAS vendors use in Calling-Station-Id (RFC 3580 section 3.21
-# recommends "00-10-A4-23-19-C0"; others send colons, Cisco dotted or bare hex).
-_MAC_FORMS: Final = (
-    re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}"),
-    re.compile(r"[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}"),
-    re.compile(r"[0-9A-Fa-f]{4}(?:\.[0-9A-Fa-f]{4}){2}"),
-    re.compile(r"[0-9A-Fa-f]{12}"),
-)
 
 
 def normalize_user_name(name: str) -> bytes:
@@ -44,14 +34,36 @@ def normalize_mac(text: str) -> bytes | None:
 
     Accepted: ``aa:bb:cc:dd:ee:ff``, ``AA-BB-CC-DD-EE-FF``, ``aabb.ccdd.eeff`` and
     ``aabbccddeeff``, in either case, with surrounding whitespace ignored.
+
+    The four spellings NAS vendors use in Calling-Station-Id (RFC 3580 section
+    3.21 recommends "00-10-A4-23-19-C0"; others send colons, Cisco dotted or
+    bare hex), told apart by length and separator positions: it runs for
+    every Access-Request, and this is several times cheaper than regexes.
     """
     candidate = text.strip()
-    if not 12 <= len(candidate) <= 17:
+    size = len(candidate)
+    if size == 17:  # aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff
+        sep = candidate[2]
+        if sep not in ":-" or candidate[2::3] != sep * 5:
+            return None
+        digits = candidate.replace(sep, "")
+    elif size == 14:  # aabb.ccdd.eeff
+        if candidate[4::5] != "..":
+            return None
+        digits = candidate.replace(".", "")
+    elif size == 12:
+        digits = candidate
+    else:
         return None
-    for form in _MAC_FORMS:
-        if form.fullmatch(candidate):
-            return bytes.fromhex(candidate.replace(":", "").replace("-", "").replace(".", ""))
-    return None
+    if len(digits) != 12:
+        return None
+    try:
+        # fromhex takes only ASCII hex digits and skips whitespace: from 12
+        # characters, 6 bytes come out only when all 12 are hex digits.
+        mac = bytes.fromhex(digits)
+    except ValueError:
+        return None
+    return mac if len(mac) == MAC_BYTES else None
 
 
 def is_locally_administered(mac: bytes) -> bool:
