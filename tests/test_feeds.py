@@ -592,7 +592,7 @@ async def test_feed_status_and_replay_commands(
     from typing import cast
 
     from ispcare_radius.cli.args import build_parser
-    from ispcare_radius.cli.config import FeedsConfig
+    from ispcare_radius.cli.config_sections import FeedsConfig
     from ispcare_radius.cli.feeds import feed_command
     from ispcare_radius.cli.runtime import Store
 

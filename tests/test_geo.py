@@ -17,7 +17,8 @@ from ispcare_radius.aaa.pipeline import AccessHandler
 from ispcare_radius.aaa.reply import ReplyRenderer
 from ispcare_radius.aaa.request import Request
 from ispcare_radius.cli.args import build_parser
-from ispcare_radius.cli.config import ConfigError, GeoConfig, load_config
+from ispcare_radius.cli.config import ConfigError, load_config
+from ispcare_radius.cli.config_sections import GeoConfig
 from ispcare_radius.cli.serve import build_profiler
 from ispcare_radius.detect.device import DeviceInfo, OuiTable, classify, is_universal
 from ispcare_radius.detect.location import (

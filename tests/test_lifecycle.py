@@ -24,7 +24,8 @@ from ispcare_radius.aaa.model import Nas, Subscriber, SubscriberStatus
 from ispcare_radius.aaa.pipeline import AccessHandler
 from ispcare_radius.aaa.reply import ReplyRenderer
 from ispcare_radius.aaa.request import Request
-from ispcare_radius.cli.config import ConfigError, RetentionConfig, load_config
+from ispcare_radius.cli.config import ConfigError, load_config
+from ispcare_radius.cli.config_sections import RetentionConfig
 from ispcare_radius.cli.main import run
 from ispcare_radius.cli.runtime import open_store
 from ispcare_radius.cli.serve import _maintenance, epoch_keep_days

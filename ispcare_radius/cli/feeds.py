@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ispcare_radius.cli.args import OneLineParser, timestamp
-from ispcare_radius.cli.config import Config, ConfigError, FeedsConfig
+from ispcare_radius.cli.config import Config, ConfigError
+from ispcare_radius.cli.config_sections import FeedsConfig
 from ispcare_radius.cli.runtime import Store, open_store
 from ispcare_radius.cli.sessions import table
 from ispcare_radius.privacy.logsetup import get_logger

@@ -1,4 +1,4 @@
-"""KEK rotation, data-key re-encryption, KEK retirement checks and key status.
+"""KEK rotation, data-key re-encryption and epoch re-encryption.
 
 Imports privacy and store; never server or cli. DESIGN.md section 5: a KEK
 rotation re-wraps every wrapped key under the primary master key (the data
@@ -6,6 +6,11 @@ stays as it is); a data-key re-encryption gives each subscriber a new data
 key and re-seals every value sealed with the old one, in every table. Both
 commit as they go (a re-wrap batch, one re-encrypted subscriber) and pick up
 where a stopped run left off; the server keeps serving meanwhile.
+
+The tables those values live in, and re-sealing one of them, are
+store/sealed_tables.py's; key status and KEK retirement checks are
+store/key_status.py's. cli/keys.py and the tests reach both through this
+module, so ``__all__`` names them here too.
 """
 
 from __future__ import annotations
@@ -16,21 +21,13 @@ from typing import Any, Final
 
 import asyncpg
 
-from ispcare_radius.privacy.crypto import (
-    DecryptError,
-    FieldCipher,
-    field_aad,
-    key_version,
-    unwrap_payload,
-    wrap_payload,
-)
+from ispcare_radius.privacy.crypto import DecryptError, unwrap_payload, wrap_payload
 from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store import fields
-from ispcare_radius.store.accounting import record_aad
 from ispcare_radius.store.db import Connection, Pool, acquire, rows_affected
-from ispcare_radius.store.devices import device_aad
-from ispcare_radius.store.events import KNOWN_TABLE, UNKNOWN_TABLE, event_aad
+from ispcare_radius.store.events import UNKNOWN_TABLE, event_aad
+from ispcare_radius.store.key_status import audit_retire, kek_usage, key_status, wrapped_kek_version
 from ispcare_radius.store.keyring import (
     EpochCipher,
     epoch_key_purpose,
@@ -38,8 +35,15 @@ from ispcare_radius.store.keyring import (
     subscriber_key_purpose,
     unwrap_data_key,
 )
-from ispcare_radius.store.session_keys import session_aad
-from ispcare_radius.store.sessions import SEALED as SESSION_SEALED
+from ispcare_radius.store.sealed_tables import (
+    OTHER_SEALED,
+    PAGE_ROWS,
+    SUBSCRIBER_TABLES,
+    SealedTable,
+    reseal,
+    reseal_table,
+    table_exists,
+)
 from ispcare_radius.store.subscribers import audit, notify_changed
 
 _log = get_logger(__name__)
@@ -50,88 +54,10 @@ Progress = Callable[[int], None]
 # holds (an accounting batch, the session applier), then leaves the
 # subscriber for a later pass instead of stalling behind it.
 _LOCK_TIMEOUT: Final = "2s"
-_UPDATE_CHUNK: Final = 1000
-# Rows of one table read per fetch while re-sealing one subscriber's values.
-_PAGE_ROWS: Final = 5000
 
 
 def _no_progress(_: int) -> None:
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class SealedTable:
-    """A table whose ``<column>_enc`` values are sealed with the data key of the
-    row's ``subscriber_id``; ``keys`` (name, SQL type) address one row of a
-    subscriber, ``aad`` gives a value's associated data from (row, column,
-    subscriber id)."""
-
-    table: str
-    keys: tuple[tuple[str, str], ...]
-    columns: tuple[str, ...]
-    aad: Callable[[Any, str, int], bytes]
-    select: tuple[str, ...] = ()  # more columns the aad needs
-
-
-def _flag_aad(row: Any, column: str, sid: int) -> bytes:
-    # The flag's natural key (store.flags.row_key), imported here so that the
-    # detection code loads only where flags exist.
-    from ispcare_radius.store.flags import TABLE, row_key
-
-    key = row_key(row["rule"], row["subject_kind"], bytes(row["subject"]), row["bucket"])
-    return field_aad(TABLE, column, key, sid or None)
-
-
-# Every table holding values sealed with a subscriber's data key, besides
-# subscribers itself. tests/test_keys_rotation.py checks the schema against
-# this list and OTHER_SEALED: a new sealed column must be added to one.
-SUBSCRIBER_TABLES: Final[tuple[SealedTable, ...]] = (
-    SealedTable(
-        "devices",
-        (("id", "uuid"),),
-        ("mac",),
-        lambda r, c, sid: device_aad(str(r["id"]), sid),
-    ),
-    SealedTable(
-        KNOWN_TABLE,
-        (("time", "timestamptz"), ("id", "uuid")),
-        ("user_name", "calling_station_id", "nas_ip"),
-        lambda r, c, sid: event_aad(KNOWN_TABLE, c, r["id"], sid),
-    ),
-    SealedTable(
-        "acct_records",
-        (("time", "timestamptz"), ("id", "uuid")),
-        SESSION_SEALED,
-        lambda r, c, sid: record_aad(c, r["id"], sid),
-    ),
-    # Copies of acct_records ciphertexts, bound to the record (session_aad).
-    SealedTable(
-        "sessions_active",
-        (("session_key", "bytea"), ("id", "uuid")),
-        SESSION_SEALED,
-        lambda r, c, sid: session_aad(c, r["id"], sid),
-    ),
-    SealedTable(
-        "sessions_closed",
-        (("stopped_at", "timestamptz"), ("id", "uuid")),
-        SESSION_SEALED,
-        lambda r, c, sid: session_aad(c, r["id"], sid),
-    ),
-    SealedTable(
-        "flags",
-        (("id", "bigint"),),
-        ("evidence", "note"),
-        _flag_aad,
-        select=("rule", "subject_kind", "subject", "bucket"),
-    ),
-)
-# Sealed columns not under a subscriber's data key, and what seals them.
-OTHER_SEALED: Final[dict[tuple[str, str], str]] = {
-    ("nas", "secret_enc"): "system key 'nas'",
-    ("auth_rejects_unknown", "user_name_enc"): "epoch keys",
-    ("auth_rejects_unknown", "calling_station_id_enc"): "epoch keys",
-    ("auth_rejects_unknown", "nas_ip_enc"): "epoch keys",
-}
 
 
 # --- KEK rotation: re-wrap ----------------------------------------------------
@@ -287,28 +213,6 @@ async def unfinished_rotation(pool: Pool, primary: int) -> int:
         )
 
 
-# --- KEK retirement -----------------------------------------------------------
-
-
-async def kek_usage(pool: Pool, version: int) -> dict[str, int]:
-    """What in the database is still wrapped under master key ``version``."""
-    async with acquire(pool) as conn:
-        row = await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM subscribers WHERE kek_version = $1) AS data_keys,"
-            " (SELECT count(*) FROM system_keys WHERE kek_version = $1) AS system_keys,"
-            " (SELECT count(*) FROM epoch_keys WHERE kek_version = $1) AS epoch_keys",
-            version,
-        )
-    assert row is not None
-    return {name: int(row[name]) for name in ("data_keys", "system_keys", "epoch_keys")}
-
-
-async def audit_retire(pool: Pool, version: int, *, actor: str = "system") -> None:
-    """Record that master key ``version`` was destroyed."""
-    async with acquire(pool) as conn:
-        await audit(conn, actor, "keys.retire", None, {"kek_version": version})
-
-
 # --- data-key re-encryption ---------------------------------------------------
 
 
@@ -371,100 +275,13 @@ async def start_reencrypt(
         return marked, False
 
 
-def _reseal(old: FieldCipher, new: FieldCipher, blob: Any, aad: bytes) -> bytes | None:
-    if blob is None:
-        return None
-    return new.seal(old.open(bytes(blob), aad), aad)
-
-
-async def _table_exists(conn: Connection, table: str) -> bool:
-    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table))
-
-
-async def _reseal_table(
-    conn: Connection,
-    spec: SealedTable,
-    sid: int,
-    old: FieldCipher,
-    new: FieldCipher,
-    *,
-    chunk_rows: int = _PAGE_ROWS,
-) -> int:
-    """Re-seal one subscriber's rows of ``spec.table``, ``chunk_rows`` at a time.
-
-    Rows are paged by their key (keyset, each page locked ``FOR UPDATE``) so
-    that a subscriber with a long accounting history never sits in memory
-    whole. No page is missed or met twice: writers wait on the subscriber row
-    this transaction holds, and re-sealing leaves the keys as they are.
-    """
-    names = [k for k, _ in spec.keys]
-    wanted = list(dict.fromkeys([*names, *spec.select]))
-    enc = [f"{c}_enc" for c in spec.columns]
-    head = f"SELECT {', '.join(wanted + enc)} FROM {spec.table} WHERE subscriber_id = $1"
-    order = f" ORDER BY {', '.join(names)} LIMIT $2 FOR UPDATE"
-    marks = ", ".join(f"${i + 3}::{kind}" for i, (_, kind) in enumerate(spec.keys))
-    after_clause = f" AND ({', '.join(names)}) > ({marks})"
-    count = 0
-    after: tuple[Any, ...] | None = None
-    while True:
-        if after is None:
-            chunk = await conn.fetch(head + order, sid, chunk_rows)
-        else:
-            chunk = await conn.fetch(head + after_clause + order, sid, chunk_rows, *after)
-        if not chunk:
-            return count
-        after = tuple(chunk[-1][k] for k in names)
-        count += await _reseal_chunk(conn, spec, sid, old, new, chunk)
-        if len(chunk) < chunk_rows:
-            return count
-
-
-async def _reseal_chunk(
-    conn: Connection,
-    spec: SealedTable,
-    sid: int,
-    old: FieldCipher,
-    new: FieldCipher,
-    rows: Sequence[Any],
-) -> int:
-    """Write one page of re-sealed values back, ``_UPDATE_CHUNK`` rows per statement."""
-    names = [k for k, _ in spec.keys]
-    enc = [f"{c}_enc" for c in spec.columns]
-    count = 0
-    for start in range(0, len(rows), _UPDATE_CHUNK):
-        chunk = rows[start : start + _UPDATE_CHUNK]
-        key_values = [[r[k] for r in chunk] for k in names]
-        sealed: list[list[bytes | None]] = []
-        for column in spec.columns:
-            values = [
-                _reseal(old, new, r[f"{column}_enc"], spec.aad(r, column, sid)) for r in chunk
-            ]
-            count += sum(v is not None for v in values)
-            sealed.append(values)
-        params = [*key_values, *sealed]
-        arrays = ", ".join(
-            f"${i + 2}::{kind}[]"
-            for i, kind in enumerate([t for _, t in spec.keys] + ["bytea"] * len(enc))
-        )
-        alias = ", ".join([f"k_{k}" for k in names] + [f"v_{c}" for c in enc])
-        sets = ", ".join(f"{c} = v.v_{c}" for c in enc)
-        match = " AND ".join(f"t.{k} = v.k_{k}" for k in names)
-        await conn.execute(
-            f"UPDATE {spec.table} t SET {sets} FROM unnest({arrays}) AS v({alias})"
-            f" WHERE t.subscriber_id = $1 AND {match}",
-            sid,
-            *params,
-        )
-    return count
-
-
 async def _reencrypt_one(
     conn: Connection,
     masters: MasterKeys,
     row: Any,
     tables: Sequence[SealedTable],
     *,
-    chunk_rows: int = _PAGE_ROWS,
+    chunk_rows: int = PAGE_ROWS,
 ) -> int:
     """Give one locked subscriber row a new data key and re-seal all their values.
 
@@ -480,10 +297,10 @@ async def _reencrypt_one(
     await conn.execute("SELECT 1 FROM acct_pending WHERE subscriber_id = $1 FOR UPDATE", sid)
     count = 0
     for spec in tables:
-        count += await _reseal_table(conn, spec, sid, old, new, chunk_rows=chunk_rows)
+        count += await reseal_table(conn, spec, sid, old, new, chunk_rows=chunk_rows)
     enc = [f"{c.value}_enc" for c in fields.Column]
     values = [
-        _reseal(old, new, row[name], fields.aad(column, sid))
+        reseal(old, new, row[name], fields.aad(column, sid))
         for name, column in zip(enc, fields.Column, strict=True)
     ]
     count += sum(v is not None for v in values)
@@ -513,7 +330,7 @@ async def reencrypt_pending(
     limit: int | None = None,
     progress: Progress = _no_progress,
     actor: str = "system",
-    chunk_rows: int = _PAGE_ROWS,
+    chunk_rows: int = PAGE_ROWS,
 ) -> ReencryptReport:
     """Re-encrypt the subscribers marked by ``start_reencrypt``, one subscriber per
     transaction, at most ``limit`` of them (None: all); see the module docstring.
@@ -536,7 +353,7 @@ async def reencrypt_pending(
     report = ReencryptReport()
     enc = ", ".join(f"{c.value}_enc" for c in fields.Column)
     async with acquire(pool) as conn:
-        tables = [t for t in SUBSCRIBER_TABLES if await _table_exists(conn, t.table)]
+        tables = [t for t in SUBSCRIBER_TABLES if await table_exists(conn, t.table)]
         # Ids at or below ``after`` were tried in this run: a subscriber left
         # marked (skipped, failed) waits for the next run instead of looping.
         after = 0
@@ -645,7 +462,7 @@ async def reencrypt_epoch_data(
     report = EpochReencryptReport(version=current)
     async with acquire(pool) as conn:
         for spec, where in EPOCH_TABLES:
-            if not await _table_exists(conn, spec.table):
+            if not await table_exists(conn, spec.table):
                 continue
             names = [k for k, _ in spec.keys]
             wanted = list(dict.fromkeys([*names, *spec.select]))
@@ -703,66 +520,21 @@ async def reencrypt_epoch_data(
     return report
 
 
-# --- status -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class EpochKeyInfo:
-    """One stored epoch key (no key material)."""
-
-    period: str
-    version: int
-    kek_version: int
-    starts_at: Any
-    ends_at: Any
-
-
-@dataclass(frozen=True, slots=True)
-class KeyStatus:
-    """Counts per master key version and the epoch keys, for ``keys status``."""
-
-    data_keys_by_kek: dict[int, int]
-    data_key_versions: dict[int, int]
-    system_keys_by_kek: dict[int, int]
-    epoch_keys: list[EpochKeyInfo]
-    reencrypt_pending: int
-
-
-async def key_status(pool: Pool) -> KeyStatus:
-    """What is wrapped under which master key version, and the epoch keys."""
-    async with acquire(pool) as conn:
-        by_kek = await conn.fetch(
-            "SELECT kek_version AS v, count(*) AS n FROM subscribers GROUP BY 1 ORDER BY 1"
-        )
-        by_version = await conn.fetch(
-            "SELECT data_key_version AS v, count(*) AS n FROM subscribers GROUP BY 1 ORDER BY 1"
-        )
-        system = await conn.fetch(
-            "SELECT kek_version AS v, count(*) AS n FROM system_keys GROUP BY 1 ORDER BY 1"
-        )
-        epochs = await conn.fetch(
-            "SELECT period, version, kek_version, starts_at, ends_at FROM epoch_keys"
-            " ORDER BY starts_at, version"
-        )
-        pending = await conn.fetchval("SELECT count(*) FROM subscribers WHERE reencrypt_pending")
-    return KeyStatus(
-        data_keys_by_kek={int(r["v"]): int(r["n"]) for r in by_kek},
-        data_key_versions={int(r["v"]): int(r["n"]) for r in by_version},
-        system_keys_by_kek={int(r["v"]): int(r["n"]) for r in system},
-        epoch_keys=[
-            EpochKeyInfo(
-                str(r["period"]),
-                int(r["version"]),
-                int(r["kek_version"]),
-                r["starts_at"],
-                r["ends_at"],
-            )
-            for r in epochs
-        ],
-        reencrypt_pending=int(pending),
-    )
-
-
-def wrapped_kek_version(wrapped: bytes) -> int:
-    """The master key version of a wrapped key (e.g. a spool segment's)."""
-    return key_version(wrapped)
+__all__ = [
+    "EPOCH_TABLES",
+    "OTHER_SEALED",
+    "SUBSCRIBER_TABLES",
+    "EpochReencryptReport",
+    "Progress",
+    "ReencryptReport",
+    "RewrapReport",
+    "audit_retire",
+    "kek_usage",
+    "key_status",
+    "reencrypt_epoch_data",
+    "reencrypt_pending",
+    "rewrap_all",
+    "start_reencrypt",
+    "unfinished_rotation",
+    "wrapped_kek_version",
+]

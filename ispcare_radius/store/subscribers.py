@@ -8,30 +8,32 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
 from typing import Any, Final, Literal
 
 import asyncpg
 
-from ispcare_radius.aaa.methods.credentials import (
-    CredentialForm,
-    methods_for,
-    parse_nt_hash,
-    parse_scrypt,
-)
-from ispcare_radius.aaa.model import MacBinding, Overrides, SubscriberStatus
+from ispcare_radius.aaa.methods.credentials import CredentialForm, methods_for
+from ispcare_radius.aaa.model import MacBinding, SubscriberStatus
 from ispcare_radius.privacy.blind import normalize_user_name
-from ispcare_radius.privacy.crypto import FieldCipher, key_version
+from ispcare_radius.privacy.crypto import key_version
 from ispcare_radius.privacy.keys import MasterKeys
 from ispcare_radius.privacy.logsetup import get_logger
 from ispcare_radius.store import fields
-from ispcare_radius.store.db import Connection, Pool, acquire, rows_affected
+from ispcare_radius.store.db import Connection, Pool, acquire
+from ispcare_radius.store.deactivation import deactivation_changes, request_disconnects
 from ispcare_radius.store.feeds import enqueue_status
 from ispcare_radius.store.fields import Column, LookupKind
 from ispcare_radius.store.importer import ImportRow, import_subscribers
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
+from ispcare_radius.store.subscriber_values import (
+    UNSET,
+    SubscriberView,
+    Unset,
+    credentials,
+    policy_changes,
+    resolve_mac_binding,
+)
 
 _log = get_logger(__name__)
 
@@ -53,133 +55,6 @@ _VIEW_SELECT: Final = (
     + fields.policy_select("s")
     + " FROM subscribers s LEFT JOIN plans p ON p.id = s.plan_id"
 )
-
-
-class _Unset(Enum):
-    UNSET = "unset"
-
-
-UNSET: Final = _Unset.UNSET
-"""Marker for "leave this field unchanged" in ``SubscriberRepository.set``."""
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriberView:
-    """A subscriber as an operator sees it (CLI ``show``); never the password."""
-
-    id: int
-    user_name: str = field(repr=False)
-    status: SubscriberStatus
-    plan: str | None
-    expires_at: datetime | None
-    static_ipv4: ipaddress.IPv4Address | None = field(repr=False)
-    static_ipv6_prefix: ipaddress.IPv6Network | None = field(repr=False)
-    mac_lock: str | None = field(repr=False)
-    account_ref: str | None
-    has_password: bool
-    created_at: datetime
-    updated_at: datetime
-    framed_netmask: ipaddress.IPv4Address | None = field(default=None, repr=False)
-    framed_routes: tuple[str, ...] = field(default=(), repr=False)
-    delegated_ipv6_prefix: ipaddress.IPv6Network | None = field(default=None, repr=False)
-    framed_ipv6_address: ipaddress.IPv6Address | None = field(default=None, repr=False)
-    overrides: Overrides | None = None
-    has_nt_hash: bool = False
-    has_slow_hash: bool = False
-    mac_binding: MacBinding = MacBinding.OFF
-    # The password methods that can work with the credentials held.
-    methods: tuple[str, ...] = ()
-    # Lifecycle (migration 0011): a legal hold blocks erasure after deactivation.
-    legal_hold: bool = False
-    deactivated_at: datetime | None = None
-
-
-_SEALED: Final = {
-    "framed_netmask": Column.FRAMED_NETMASK,
-    "framed_routes": Column.FRAMED_ROUTES,
-    "delegated_ipv6_prefix": Column.DELEGATED_IPV6,
-    "framed_ipv6_address": Column.FRAMED_IPV6_ADDRESS,
-}
-
-
-def _encode_policy(name: str, value: Any) -> bytes | None:
-    if name == "framed_netmask":
-        return fields.parse_netmask(value).packed
-    if name == "framed_routes":
-        return fields.encode_routes(tuple(fields.parse_route(r) for r in value))
-    if name == "delegated_ipv6_prefix":
-        return str(fields.parse_ipv6_prefix(value)).encode("ascii")
-    return fields.parse_ipv6_address(value).packed
-
-
-def _policy_changes(cipher: FieldCipher, sid: int, values: dict[str, Any]) -> dict[str, Any]:
-    """Column -> stored value for the given policy fields (None clears; UNSET skips)."""
-    overrides = dict(fields.OVERRIDE_COLUMNS)
-    changes: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is UNSET:
-            continue
-        if name in _SEALED:
-            column = _SEALED[name]
-            plain = None if value is None else _encode_policy(name, value)
-            changes[f"{column.value}_enc"] = fields.seal(cipher, column, sid, plain)
-        else:
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"override {name} must be a non-negative integer")
-            changes[overrides[name]] = value
-    return changes
-
-
-@dataclass(frozen=True, slots=True)
-class _Credentials:
-    """The three credential columns' plaintexts, validated."""
-
-    password: bytes | None = field(default=None, repr=False)
-    nt_hash: bytes | None = field(default=None, repr=False)
-    slow_hash: bytes | None = field(default=None, repr=False)
-
-    def sealed(self, cipher: FieldCipher, sid: int) -> dict[str, bytes | None]:
-        return {
-            "password_enc": fields.seal(cipher, Column.PASSWORD, sid, self.password),
-            "nt_hash_enc": fields.seal(cipher, Column.NT_HASH, sid, self.nt_hash),
-            "slow_hash_enc": fields.seal(cipher, Column.SLOW_HASH, sid, self.slow_hash),
-        }
-
-
-def credentials(
-    password: str | None, nt_hash: str | None, password_hash: str | None
-) -> _Credentials:
-    """Validate a credential triple: the reversible password, NT hash hex, ``$scrypt$`` text.
-
-    ValueError (without the value) for a malformed hash.
-    """
-    nt = None if nt_hash is None else parse_nt_hash(nt_hash)
-    slow = None if password_hash is None else parse_scrypt(password_hash).encode().encode("ascii")
-    return _Credentials(_utf8(password), nt, slow)
-
-
-def resolve_mac_binding(
-    given: str | None, *, current: MacBinding, has_lock: bool, lock_given: bool
-) -> MacBinding:
-    """The MAC binding after a change, kept consistent with the lock (migration 0008).
-
-    Setting a lock on an ``off`` subscriber makes it ``lock``; clearing the
-    lock of a ``lock`` subscriber makes it ``off``; ``first_login`` keeps its
-    mode either way (a cleared lock binds again at the next login).
-    """
-    if given is not None:
-        binding = fields.parse_mac_binding(given)
-    elif lock_given and has_lock and current is MacBinding.OFF:
-        binding = MacBinding.LOCK
-    elif lock_given and not has_lock and current is MacBinding.LOCK:
-        binding = MacBinding.OFF
-    else:
-        binding = current
-    if binding is MacBinding.LOCK and not has_lock:
-        raise ValueError("MAC binding 'lock' needs a MAC lock (give one with it)")
-    if binding is MacBinding.OFF and has_lock and lock_given:
-        raise ValueError("MAC binding 'off' keeps no MAC lock")
-    return binding
 
 
 async def _update(conn: Connection, sid: int, changes: dict[str, Any]) -> None:
@@ -208,48 +83,6 @@ async def audit(
         subscriber_id,
         detail,
     )
-
-
-# disconnect_requests.reason of sessions ended by a deactivation.
-DEACTIVATED_REASON: Final = "deactivated"
-
-# Every live session of the subscriber, and every login accepted moments ago
-# whose Start has not arrived yet (its reservation key is the key its session
-# will have, see store/limits.py): the provisioning side sends each a
-# Disconnect-Request (RFC 5176 section 3). A session already asked to leave
-# keeps its one pending request.
-_DISCONNECT_ALL: Final = """
-INSERT INTO disconnect_requests (subscriber_id, session_key, reason, requested_at)
-SELECT $1, k.session_key, $2, now() FROM (
-    SELECT session_key FROM sessions_active WHERE subscriber_id = $1
-    UNION
-    SELECT session_key FROM session_reservations WHERE subscriber_id = $1 AND expires_at > now()
-) k
-ON CONFLICT (session_key) WHERE handled_at IS NULL DO NOTHING
-"""
-
-
-async def request_disconnects(conn: Connection, subscriber_id: int) -> int:
-    """Record a disconnect request (reason ``deactivated``) for each live session; the count."""
-    status = await conn.execute(_DISCONNECT_ALL, subscriber_id, DEACTIVATED_REASON)
-    return rows_affected(status)
-
-
-async def _deactivation_changes(
-    conn: Connection, current: str, state: SubscriberStatus
-) -> dict[str, Any]:
-    """deactivated_at for a status change: set on deactivation, cleared on any other status.
-
-    The erasure grace (store/lifecycle.py) counts from it; a subscriber
-    already deactivated keeps the time of the first deactivation.
-    """
-    if state is SubscriberStatus.DEACTIVATED:
-        if current == SubscriberStatus.DEACTIVATED.value:
-            return {}
-        return {"deactivated_at": await conn.fetchval("SELECT now()")}
-    if current == SubscriberStatus.DEACTIVATED.value:
-        return {"deactivated_at": None}
-    return {}
 
 
 async def plan_id_by_name(conn: Connection, name: str | None) -> int | None:
@@ -414,7 +247,7 @@ class SubscriberRepository:
                     await _update(conn, sid, creds.sealed(cipher, sid))
                     await self._insert_lookup(conn, LookupKind.USER_NAME, user_name, sid)
                     given = {k: v for k, v in policy.items() if v is not None}
-                    await _update(conn, sid, _policy_changes(cipher, sid, given))
+                    await _update(conn, sid, policy_changes(cipher, sid, given))
                     if mac is not None:
                         await self._insert_lookup(conn, LookupKind.MAC_LOCK, mac, sid)
                     if ipv4 is not None:
@@ -499,26 +332,26 @@ class SubscriberRepository:
         self,
         user_name: str,
         *,
-        password: str | Literal[_Unset.UNSET] | None = UNSET,
-        plan: str | Literal[_Unset.UNSET] | None = UNSET,
-        status: str | Literal[_Unset.UNSET] = UNSET,
-        expires_at: datetime | Literal[_Unset.UNSET] | None = UNSET,
-        static_ipv4: str | Literal[_Unset.UNSET] | None = UNSET,
-        static_ipv6_prefix: str | Literal[_Unset.UNSET] | None = UNSET,
-        mac_lock: str | Literal[_Unset.UNSET] | None = UNSET,
-        account_ref: str | Literal[_Unset.UNSET] | None = UNSET,
-        framed_netmask: str | Literal[_Unset.UNSET] | None = UNSET,
-        framed_routes: Sequence[str] | Literal[_Unset.UNSET] | None = UNSET,
-        delegated_ipv6_prefix: str | Literal[_Unset.UNSET] | None = UNSET,
-        framed_ipv6_address: str | Literal[_Unset.UNSET] | None = UNSET,
-        download_kbps: int | Literal[_Unset.UNSET] | None = UNSET,
-        upload_kbps: int | Literal[_Unset.UNSET] | None = UNSET,
-        session_timeout: int | Literal[_Unset.UNSET] | None = UNSET,
-        idle_timeout: int | Literal[_Unset.UNSET] | None = UNSET,
-        nt_hash: str | Literal[_Unset.UNSET] | None = UNSET,
-        password_hash: str | Literal[_Unset.UNSET] | None = UNSET,
-        mac_binding: str | Literal[_Unset.UNSET] = UNSET,
-        legal_hold: bool | Literal[_Unset.UNSET] = UNSET,
+        password: str | Literal[Unset.UNSET] | None = UNSET,
+        plan: str | Literal[Unset.UNSET] | None = UNSET,
+        status: str | Literal[Unset.UNSET] = UNSET,
+        expires_at: datetime | Literal[Unset.UNSET] | None = UNSET,
+        static_ipv4: str | Literal[Unset.UNSET] | None = UNSET,
+        static_ipv6_prefix: str | Literal[Unset.UNSET] | None = UNSET,
+        mac_lock: str | Literal[Unset.UNSET] | None = UNSET,
+        account_ref: str | Literal[Unset.UNSET] | None = UNSET,
+        framed_netmask: str | Literal[Unset.UNSET] | None = UNSET,
+        framed_routes: Sequence[str] | Literal[Unset.UNSET] | None = UNSET,
+        delegated_ipv6_prefix: str | Literal[Unset.UNSET] | None = UNSET,
+        framed_ipv6_address: str | Literal[Unset.UNSET] | None = UNSET,
+        download_kbps: int | Literal[Unset.UNSET] | None = UNSET,
+        upload_kbps: int | Literal[Unset.UNSET] | None = UNSET,
+        session_timeout: int | Literal[Unset.UNSET] | None = UNSET,
+        idle_timeout: int | Literal[Unset.UNSET] | None = UNSET,
+        nt_hash: str | Literal[Unset.UNSET] | None = UNSET,
+        password_hash: str | Literal[Unset.UNSET] | None = UNSET,
+        mac_binding: str | Literal[Unset.UNSET] = UNSET,
+        legal_hold: bool | Literal[Unset.UNSET] = UNSET,
         subscriber_id: int | None = None,
     ) -> bool:
         """Change the given fields (None clears); False if there is no such user,
@@ -580,7 +413,7 @@ class SubscriberRepository:
                 changes["plan_id"] = await plan_id_by_name(conn, plan)
             if state is not None:
                 changes["status"] = state.value
-                changes.update(await _deactivation_changes(conn, found["status"], state))
+                changes.update(await deactivation_changes(conn, found["status"], state))
             if legal_hold is not UNSET:
                 changes["legal_hold"] = bool(legal_hold)
             if expires_at is not UNSET:
@@ -610,7 +443,7 @@ class SubscriberRepository:
                 "session_timeout": session_timeout,
                 "idle_timeout": idle_timeout,
             }
-            changes.update(_policy_changes(cipher, sid, policy))
+            changes.update(policy_changes(cipher, sid, policy))
             if not changes:
                 return True
             await _update(conn, sid, changes)
@@ -644,7 +477,7 @@ class SubscriberRepository:
             sid = int(found["id"])
             state = SubscriberStatus.DEACTIVATED
             changes = {"status": state.value}
-            changes.update(await _deactivation_changes(conn, found["status"], state))
+            changes.update(await deactivation_changes(conn, found["status"], state))
             await _update(conn, sid, changes)
             await enqueue_status(conn, sid, found["status"])
             requested = await request_disconnects(conn, sid)
@@ -707,10 +540,6 @@ class SubscriberRepository:
             batch_size=batch_size,
             actor=self._actor,
         )
-
-
-def _utf8(value: str | None) -> bytes | None:
-    return None if value is None else value.encode("utf-8")
 
 
 def _packed(address: ipaddress.IPv4Address | None) -> bytes | None:
