@@ -62,7 +62,8 @@ class Nas:
         self._port = port
         self._deadline = deadline
         self._queue: queue.Queue[int | None] = queue.Queue()
-        self._lock = threading.Lock()
+        # Guards ``answered``; notified on each answer, so waiting needs no polling.
+        self._answers = threading.Condition()
         self.answered: dict[int, float] = {}
         self.resends = 0
         self.errors: list[str] = []
@@ -75,8 +76,14 @@ class Nas:
             self._queue.put(i)
 
     def count(self, numbers: range) -> int:
-        with self._lock:
+        with self._answers:
             return sum(1 for i in numbers if i in self.answered)
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        """Until ``condition`` holds, re-checked on each answer; fail naming ``what``."""
+        with self._answers:
+            if not self._answers.wait_for(condition, timeout):
+                raise AssertionError(f"timed out waiting for {what}")
 
     def close(self) -> None:
         for _ in self._threads:
@@ -94,8 +101,9 @@ class Nas:
                 if not self._exchange(sock, data, identifier):
                     self.errors.append(f"request {i} never answered")
                     return
-                with self._lock:
+                with self._answers:
                     self.answered[i] = time.monotonic()
+                    self._answers.notify_all()
 
     def _exchange(self, sock: socket.socket, data: bytes, identifier: int) -> bool:
         first = True
@@ -117,13 +125,15 @@ class Nas:
         return False
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+def wait_drained(server: ServerProcess, since: int, timeout: float, what: str) -> None:
+    """Until the spool has no segment left, re-checked on each ``spool_drained`` the server
+    logs from byte ``since`` of its log on; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
+    while spool_segments(server):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        since = server.wait_for_log("spool_drained", since=since, timeout=remaining).end
 
 
 def markers(dsn: str) -> dict[int, int]:
@@ -178,33 +188,35 @@ def test_answered_accounting_survives_a_database_outage_exactly_once(
     nas = Nas(server.acct_port, deadline=time.monotonic() + 55)
     try:
         nas.send(range(100))
-        wait_for(lambda: nas.count(range(100)) == 100, 15, "answers with the database up")
+        nas.wait_for(lambda: nas.count(range(100)) == 100, 15, "answers with the database up")
         assert spool_segments(server) == []
 
         nas.send(range(100, 200))
-        wait_for(lambda: nas.count(range(100, 200)) >= 20, 15, "the run to be under way")
+        nas.wait_for(lambda: nas.count(range(100, 200)) >= 20, 15, "the run to be under way")
         cluster.stop("immediate")  # requests are in flight as it goes down
         stopped = time.monotonic()
         nas.send(range(200, 300))
-        wait_for(lambda: nas.count(range(300)) == 300, 30, "answers from the spool")
+        nas.wait_for(lambda: nas.count(range(300)) == 300, 30, "answers from the spool")
         restarting = time.monotonic()
         # Every request queued after the stop was answered while PostgreSQL was down.
         assert all(stopped < nas.answered[i] < restarting for i in range(200, 300))
         assert spool_segments(server)
 
+        back = server.log_size()
         cluster.start()
-        wait_for(lambda: not spool_segments(server), 40, "the spool to drain")
+        wait_drained(server, back, 40, "the spool to drain")
         assert markers(cluster.dsn) == dict.fromkeys(range(300), 1)
 
         # Second outage, and the server dies (SIGKILL) with records only in its spool.
         cluster.stop("immediate")
         nas.send(range(300, 350))
-        wait_for(lambda: nas.count(range(300, 350)) == 50, 30, "answers from the spool")
+        nas.wait_for(lambda: nas.count(range(300, 350)) == 50, 30, "answers from the spool")
         server.kill()
         assert spool_segments(server)
         cluster.start()
+        restarted = server.log_size()
         server.start()
-        wait_for(lambda: not spool_segments(server), 40, "the restarted server's replay")
+        wait_drained(server, restarted, 40, "the restarted server's replay")
     finally:
         nas.close()
         server.kill()

@@ -4,9 +4,11 @@ operator queries, and the detector's rebuild from stored auth events."""
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import pytest
 
@@ -136,20 +138,57 @@ async def test_rebuild_replays_stored_signals(
     assert fresh.hold("anyone", "10.9.9.9", None, now + 20) is Action.REJECT
 
 
-async def _blocked_insert(conn: Connection, timeout: float = 10.0) -> int:
-    """The backend pid of the writer's INSERT once it waits on the table lock."""
-    deadline = time.monotonic() + timeout
-    while True:
-        # Inside the locking transaction the statistics would be one snapshot.
-        await conn.execute("SELECT pg_stat_clear_snapshot()")
-        pid = await conn.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO flags%'"
-        )
-        if pid is not None:
-            return int(pid)
-        assert time.monotonic() < deadline, "the flag writer never reached its INSERT"
-        await asyncio.sleep(0.01)
+class _InsertWatch:
+    """The pool a FlagWriter is given, noting when the writer sends its flags INSERT.
+
+    The test holds the flags table lock, so from that moment the batch is in
+    flight: off the queue, its INSERT sent, and nothing written until the
+    test lets go of the lock.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._sent = asyncio.Event()
+        self.pid = 0  # the backend the INSERT went to
+
+    def is_closing(self) -> bool:
+        return self._pool.is_closing()
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[_WatchedConnection]:
+        async with self._pool.acquire(timeout=timeout) as conn:
+            yield _WatchedConnection(conn, self)
+
+    def inserting(self, pid: int) -> None:
+        self.pid = pid
+        self._sent.set()
+
+    async def blocked_insert(self, timeout: float = 10.0) -> int:
+        """The backend pid of the writer's INSERT, once it is sent."""
+        try:
+            await asyncio.wait_for(self._sent.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError("the flag writer never reached its INSERT") from None
+        return self.pid
+
+
+class _WatchedConnection:
+    """A pooled connection that tells its ``_InsertWatch`` when a flags INSERT goes out."""
+
+    def __init__(self, conn: Connection, watch: _InsertWatch) -> None:
+        self._conn = conn
+        self._watch = watch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        if query.startswith("INSERT INTO flags"):
+            # The test resumes on a later turn of the event loop; asyncpg has
+            # written the statement to the socket before this coroutine first
+            # yields, so by then the INSERT has been sent.
+            self._watch.inserting(self._conn.get_server_pid())
+        return await self._conn.fetchval(query, *args)
 
 
 async def _buckets(pool: Pool) -> list[int]:
@@ -162,7 +201,8 @@ async def test_flags_raised_while_a_batch_is_written_are_not_lost(
 ) -> None:
     """A batch in flight is off the queue: flags submitted meanwhile (overflowing the
     queue's old contents) are all written after it, none popped unwritten."""
-    writer = FlagWriter(pg_pool, system_keys.epoch, data_keys, max_queue=3)
+    watch = _InsertWatch(pg_pool)
+    writer = FlagWriter(cast(Pool, watch), system_keys.epoch, data_keys, max_queue=3)
     for bucket in (1, 2, 3):
         writer.submit(_flag(Action.FLAG, sid=None, bucket=bucket))
     async with pg_pool.acquire() as locker:
@@ -170,7 +210,7 @@ async def test_flags_raised_while_a_batch_is_written_are_not_lost(
         await tx.start()
         await locker.execute("LOCK TABLE flags IN ACCESS EXCLUSIVE MODE")
         flush = asyncio.create_task(writer.flush())
-        await _blocked_insert(locker)
+        await watch.blocked_insert()
         assert len(writer) == 0
         for bucket in (4, 5):
             writer.submit(_flag(Action.FLAG, sid=None, bucket=bucket))
@@ -186,7 +226,8 @@ async def test_a_batch_the_database_drops_goes_back_in_front(
     """The write's connection is killed mid-batch (StoreUnavailable): the batch returns
     ahead of the flags raised meanwhile, the cap drops the newest (counted), and the
     next flush writes the rest in order."""
-    writer = FlagWriter(pg_pool, system_keys.epoch, data_keys, max_queue=4)
+    watch = _InsertWatch(pg_pool)
+    writer = FlagWriter(cast(Pool, watch), system_keys.epoch, data_keys, max_queue=4)
     for bucket in (1, 2, 3):
         writer.submit(_flag(Action.FLAG, sid=None, bucket=bucket))
     async with pg_pool.acquire() as locker:
@@ -194,7 +235,7 @@ async def test_a_batch_the_database_drops_goes_back_in_front(
         await tx.start()
         await locker.execute("LOCK TABLE flags IN ACCESS EXCLUSIVE MODE")
         flush = asyncio.create_task(writer.flush())
-        pid = await _blocked_insert(locker)
+        pid = await watch.blocked_insert()
         for bucket in (4, 5, 6):
             writer.submit(_flag(Action.FLAG, sid=None, bucket=bucket))
         assert await locker.fetchval("SELECT pg_terminate_backend($1)", pid)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -59,6 +58,7 @@ def served(pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     srv = ServerProcess(workdir, dsn, probe_secret=SECRET.encode())
     try:
         srv.setup()
+        srv.watch_applier()
         srv.cli("nas", "add", "ia-bras", "127.0.0.1", "--secret", SECRET, "--vendor", "mikrotik")
         srv.cli(
             "plan",
@@ -158,19 +158,9 @@ def send_file(served: Served, case: str, packets: list[str]) -> None:
     out = proc.stdout + proc.stderr
     answered = len(re.findall(r"Received Accounting-Response Id \d+", out))
     assert (proc.returncode, answered) == (0, len(packets)), out
-    settle(served)
-
-
-def settle(served: Served, timeout: float = 15.0) -> None:
-    """Wait until the server's session applier has applied every stored record.
-
-    Responses mean the records are durable; sessions follow from the queue
-    (acct_pending) a moment later, off the acknowledgement path.
-    """
-    deadline = time.monotonic() + timeout
-    while query(served, "SELECT 1 FROM acct_pending LIMIT 1"):
-        assert time.monotonic() < deadline, "session applier did not drain acct_pending"
-        time.sleep(0.02)
+    # Responses mean the records are durable; sessions follow from the queue
+    # (acct_pending) a moment later, off the acknowledgement path.
+    served.proc.wait_applied()
 
 
 def query(served: Served, sql: str, *args: Any) -> list[asyncpg.Record]:

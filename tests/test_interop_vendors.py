@@ -9,7 +9,6 @@ independent peer, with its vendor name, number and value.
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -105,21 +104,16 @@ def _switch_vendor(srv: ServerProcess, vendor: str) -> RadclientResult:
     srv.cli("nas", "remove", "bras")
     srv.cli("nas", "add", "bras", "127.0.0.1", "--secret", SECRET, "--vendor", vendor)
     assert srv.proc is not None
+    mark = srv.log_size()
     srv.proc.send_signal(signal.SIGHUP)
-    wanted = EXPECTED[vendor]
-    deadline = time.monotonic() + 20
-    while True:
-        result = _login(srv)
-        assert result.code == "Access-Accept", result.output
-        sent = {
-            name: sorted(values)
-            for name, values in result.attributes.items()
-            if name in _VENDOR_NAMES
-        }
-        if sent == {name: sorted(values) for name, values in wanted.items()}:
-            return result
-        assert time.monotonic() < deadline, f"{vendor}: still got {sorted(sent)}"
-        time.sleep(0.05)  # the reload is asynchronous; poll until it took effect
+    srv.wait_for_log("nas_reloaded", since=mark, timeout=20)  # the reload has taken effect
+    result = _login(srv)
+    assert result.code == "Access-Accept", result.output
+    sent = {
+        name: sorted(values) for name, values in result.attributes.items() if name in _VENDOR_NAMES
+    }
+    assert sent == {name: sorted(values) for name, values in EXPECTED[vendor].items()}, vendor
+    return result
 
 
 _VENDOR_NAMES = {name for attrs in EXPECTED.values() for name in attrs}

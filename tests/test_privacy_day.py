@@ -20,7 +20,6 @@ import asyncio
 import json
 import shutil
 import subprocess
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -187,14 +186,6 @@ def _fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(go())
 
 
-def _settle(dsn: str, timeout: float = 15.0) -> None:
-    """Wait until the session applier has taken every stored record off the queue."""
-    deadline = time.monotonic() + timeout
-    while _fetch(dsn, "SELECT 1 FROM acct_pending LIMIT 1"):
-        assert time.monotonic() < deadline, "session applier did not drain acct_pending"
-        time.sleep(0.02)
-
-
 def _pg_dump(dsn: str) -> str:
     exe = shutil.which("pg_dump")
     if exe is None:
@@ -277,7 +268,7 @@ def _day(srv: ServerProcess) -> list[tuple[str, str | None, str]]:
             _acct_packet("Accounting-On", BASE + timedelta(minutes=30)),
         ],
     )
-    _settle(srv.dsn)
+    srv.wait_applied()  # the sessions follow from acct_pending, off the reply path
     return results
 
 
@@ -297,6 +288,7 @@ def test_a_day_of_traffic_leaves_no_plaintext_and_exports_everything(
     )
     try:
         srv.setup()
+        srv.watch_applier()
         srv.cli(
             "nas", "add", "pd-bras", "127.0.0.1", "--secret", NAS_SECRET, "--vendor", "mikrotik"
         )

@@ -10,7 +10,7 @@ import stat
 import threading
 import types
 import typing
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from ispcare_radius.store.db import Pool
 from ispcare_radius.store.durable import SpoolingRecorder, replayed_prefix
 from ispcare_radius.store.keyring import DataKeyCache, SystemKeys
 from ispcare_radius.store.spool import SEGMENT_SUFFIX, Spool, SpoolError, SpoolFull
+from tests.support.logwatch import watch_logs
 
 T0 = datetime(2030, 5, 6, 7, 8, 9, tzinfo=UTC)
 MB = 1 << 20
@@ -82,15 +83,6 @@ def every_field_record() -> AcctRecord:
     return AcctRecord(
         **{f.name: _sample(hints[f.name], i) for i, f in enumerate(dataclasses.fields(AcctRecord))}
     )
-
-
-async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Wait for ``condition`` (polled), failing after ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -388,8 +380,10 @@ async def test_a_spool_left_by_a_previous_run_replays_once_even_twice(
         recorder = SpoolingRecorder(
             writer, open_spool(directory, master_keys), batch_size=50, probe_initial=0.01
         )
-        recorder.start()
-        await until(lambda r=recorder: r.replayed == 120)  # type: ignore[misc]
+        with watch_logs() as logs:
+            recorder.start()
+            # The replay logs as it drains: re-checked after each line.
+            await logs.until(lambda r=recorder: r.replayed == 120, "the replay")  # type: ignore[misc]
         assert recorder.spool_pending == 0
         await recorder.close()
         assert await row_counts(other) == dict.fromkeys(range(120), 1)
@@ -408,22 +402,24 @@ async def test_a_slow_database_spools_keeps_order_and_replays_once(
     recorder = SpoolingRecorder(
         writer, open_spool(spool_dir, master_keys), spool_after=0.2, probe_initial=0.01
     )
-    recorder.start()
-    assert await recorder.record(record(0)) is Recorded.STORED
-    blocker: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(pg_dsn)
-    try:
-        lock = blocker.transaction()
-        await lock.start()
-        await blocker.execute("LOCK TABLE acct_record_keys IN ACCESS EXCLUSIVE MODE")
-        results = await asyncio.gather(*(recorder.record(record(i)) for i in range(1, 21)))
-        assert results == [Recorded.SPOOLED] * 20
-        # The spool still holds records: the next one joins them at once.
-        assert await recorder.record(record(21)) is Recorded.SPOOLED
-        assert recorder.spooled == 21
-        await lock.rollback()
-    finally:
-        await blocker.close()
-    await until(lambda: recorder.replayed == 21)
+    with watch_logs() as logs:
+        recorder.start()
+        assert await recorder.record(record(0)) is Recorded.STORED
+        blocker: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(pg_dsn)
+        try:
+            lock = blocker.transaction()
+            await lock.start()
+            await blocker.execute("LOCK TABLE acct_record_keys IN ACCESS EXCLUSIVE MODE")
+            results = await asyncio.gather(*(recorder.record(record(i)) for i in range(1, 21)))
+            assert results == [Recorded.SPOOLED] * 20
+            # The spool still holds records: the next one joins them at once.
+            assert await recorder.record(record(21)) is Recorded.SPOOLED
+            assert recorder.spooled == 21
+            await lock.rollback()
+        finally:
+            await blocker.close()
+        # The replay logs as it drains: re-checked after each line.
+        await logs.until(lambda: recorder.replayed == 21, "the replay")
     assert await recorder.record(record(22)) is Recorded.STORED
     await recorder.close()
     assert await row_counts(other) == dict.fromkeys(range(23), 1)

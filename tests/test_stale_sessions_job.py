@@ -1,8 +1,8 @@
 """The stale-session job of ``serve``: its settings, and that its loop closes silent sessions.
 
 The job runs ``store.sessions.close_stale`` on a timer; the tests drive it
-with a short interval and a clock they set, and wait for the database to
-show the result (no sleeping for time to pass).
+with a short interval and a clock they set, wait for the pass's log line
+(no sleeping for time to pass), then read the result from the database.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from ispcare_radius.cli.config import AccountingConfig, ConfigError, load_config
+from ispcare_radius.cli.config import ConfigError, load_config
+from ispcare_radius.cli.config_sections import AccountingConfig
 from ispcare_radius.cli.serve import close_stale_sessions, start_stale_check
 from ispcare_radius.store.db import Pool, connect
+from tests.support.logwatch import watch_logs
 
 T0 = datetime(2030, 5, 6, 7, 0, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,16 +111,16 @@ async def test_the_serve_job_closes_a_stale_session_and_logs_the_count(pg_pool: 
     settings = AccountingConfig(
         stale_check_interval=0.01, stale_grace=120, default_interim_interval=600
     )
-    with capture_logs() as logs:
+    with watch_logs() as watch:
         job = start_stale_check(pg_pool, settings, clock=lambda: T0)
         try:
-            async with asyncio.timeout(10):
-                while not await pg_pool.fetchval("SELECT count(*) FROM sessions_closed"):
-                    await asyncio.sleep(0.01)  # poll for the job's commit
+            # A pass logs its count once its transaction has committed.
+            await watch.wait_for("stale_sessions_closed", timeout=10)
         finally:
             job.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await job
+    logs = watch.entries
     [row] = await pg_pool.fetch("SELECT id, close_reason, stopped_at FROM sessions_closed")
     assert (row["id"], row["close_reason"]) == (stale, "stale")
     assert row["stopped_at"] == T0 - timedelta(seconds=2 * 600 + 121)  # its last event

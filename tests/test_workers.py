@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,26 +95,21 @@ def logins(port: int, sockets: int = 16, per_socket: int = 8) -> int:
     return accepted
 
 
-def wait_for(condition: object, timeout: float = 30.0) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def test_two_workers_answer_restart_and_stop_cleanly(server: ServerProcess) -> None:
-    wait_for(lambda: len(worker_pids(server)) == 2)
-    wait_for(lambda: len(re.findall(r'"event": "started"', server.log_path.read_text())) == 2)
-    log = server.log_path.read_text()
-    assert '"worker": 0' in log and '"worker": 1' in log
+    # Each worker logs "started" once it serves.
+    first = server.wait_for_log("started")
+    second = server.wait_for_log("started", since=first.end)
+    assert {first.fields["worker"], second.fields["worker"]} == {0, 1}
+    assert len(worker_pids(server)) == 2
     assert logins(server.auth_port) == 16 * 8
 
     # A worker that dies is replaced; the ports keep answering meanwhile.
     victim = min(worker_pids(server))
+    killed = server.log_size()
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: victim not in worker_pids(server) and len(worker_pids(server)) == 2)
-    wait_for(lambda: len(re.findall(r'"event": "started"', server.log_path.read_text())) == 3)
+    # The supervisor reaps the victim before it starts the replacement.
+    server.wait_for_log("started", since=killed)
+    assert victim not in worker_pids(server) and len(worker_pids(server)) == 2
     assert logins(server.auth_port) == 16 * 8
 
     assert server.stop() == 0

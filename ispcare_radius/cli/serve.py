@@ -19,13 +19,8 @@ from ispcare_radius.aaa.accounting import AccountingHandler
 from ispcare_radius.aaa.logininfo import LoginProfiler
 from ispcare_radius.aaa.pipeline import AccessHandler
 from ispcare_radius.aaa.reply import ReplyRenderer
-from ispcare_radius.cli.config import (
-    AccountingConfig,
-    Config,
-    ConfigError,
-    GeoConfig,
-    RetentionConfig,
-)
+from ispcare_radius.cli.config import Config, ConfigError
+from ispcare_radius.cli.config_sections import AccountingConfig, GeoConfig, RetentionConfig
 from ispcare_radius.cli.feeds import build_relay, prune_job
 from ispcare_radius.cli.runtime import Store, load_dictionaries, open_store
 from ispcare_radius.detect.device import prepare as prepare_device_rules
@@ -251,7 +246,8 @@ async def serve(config: Config, *, demo: bool = False, worker: int | None = None
             background.append(asyncio.create_task(_prewarm(svc.directory, config)))
         with contextlib.suppress(NotImplementedError):
             asyncio.get_running_loop().add_signal_handler(
-                signal.SIGHUP, lambda: asyncio.ensure_future(_reload_nas(store, svc.clients))
+                signal.SIGHUP,
+                lambda: asyncio.ensure_future(_reload_nas(store, svc.clients, asked=True)),
             )
         try:
             await svc.server.start()
@@ -442,9 +438,14 @@ def start_stale_check(
     return _every(settings.stale_check_interval, one_pass)
 
 
-async def _reload_nas(store: Store, clients: ClientTable) -> None:
+async def _reload_nas(store: Store, clients: ClientTable, *, asked: bool = False) -> None:
+    """Re-read the NAS table; a reload ``asked`` for (SIGHUP) says when it has taken effect."""
     log = structlog.get_logger("ispcare_radius")
     try:
-        clients.replace(await store.nas.list())
+        nas = await store.nas.list()
+        clients.replace(nas)
     except Exception as exc:  # keep the old table; the next reload tries again
         log.warning("nas_reload_failed", error=type(exc).__name__)
+        return
+    if asked:
+        log.info("nas_reloaded", nas=len(nas))

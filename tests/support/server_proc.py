@@ -1,13 +1,19 @@
 """Runs the real ``ispcare-radius`` command as a subprocess for end-to-end tests.
 
 Provisioning goes through the CLI too, so these tests cover what an operator types.
+Tests wait for what the server does through events, never by sleeping: a JSON
+log line it writes (``wait_for_log``), or a NOTIFY when its session applier
+dequeues (``watch_applier``/``wait_applied``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import json
 import os
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -16,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ispcare_radius.protocol.authenticator import build_request
 from ispcare_radius.protocol.codes import Code
@@ -35,6 +42,18 @@ def free_udp_port() -> int:
                 continue
             return port
     raise RuntimeError("no free UDP port")
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One JSON line of the server log, and the byte offset just past it."""
+
+    fields: dict[str, Any]
+    end: int  # pass as ``since`` to wait for a later line
+
+
+# The test's own trigger on acct_pending (installed by ``watch_applier``), and its channel.
+_DEQUEUED = "ispcare_test_dequeued"
 
 
 @dataclass
@@ -162,6 +181,105 @@ level = "info"
             self.proc.kill()
             self.proc.wait()
 
+    def log_size(self) -> int:
+        """Where the log ends now: ``since`` for lines the server writes from here on."""
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def wait_for_log(self, event: str, *, since: int = 0, timeout: float = 30.0) -> LogLine:
+        """The first log line for ``event`` at or after byte ``since``, once the server writes it.
+
+        Sleeps on the log file's inotify watch and on the process (a pidfd),
+        so it wakes when the server writes or exits; fails after ``timeout``
+        seconds, or at once if the server exits without writing the line.
+        """
+        deadline = time.monotonic() + timeout
+        with _watch_writes(self.log_path) as written, contextlib.ExitStack() as stack:
+            waits = [written]
+            if self.proc is not None and self.proc.poll() is None:
+                exited = os.pidfd_open(self.proc.pid)
+                stack.callback(os.close, exited)
+                waits.append(exited)
+            position = since
+            while True:
+                # The watch is in place before the read: a write after it wakes the select.
+                found, position = _find_event(self.log_path, event, position)
+                if found is not None:
+                    return found
+                if self.proc is None or self.proc.poll() is not None:
+                    raise AssertionError(f"server stopped without logging {event!r}:{self._tail()}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"server did not log {event!r} within {timeout} s:{self._tail()}"
+                    )
+                ready, _, _ = select.select(waits, [], [], remaining)
+                if written in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(written, 4096)  # consume the notices; the file is read above
+
+    def _tail(self, lines: int = 20) -> str:
+        """The end of the log, for a failure message."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n" + "\n".join(text.splitlines()[-lines:])
+
+    def watch_applier(self) -> None:
+        """Have the database NOTIFY each time a transaction takes rows off acct_pending.
+
+        The session applier dequeues in the transaction that applies, so the
+        notice arrives as that work commits. A test-only trigger (call after
+        ``setup``): the schema under test sends no such notice.
+        """
+        _run_sql(
+            self.dsn,
+            f"""
+            CREATE FUNCTION {_DEQUEUED}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_notify('{_DEQUEUED}', '');
+                RETURN NULL;
+            END $$;
+            CREATE TRIGGER {_DEQUEUED} AFTER DELETE ON acct_pending
+                FOR EACH STATEMENT EXECUTE FUNCTION {_DEQUEUED}();
+            """,
+        )
+
+    def wait_applied(self, timeout: float = 15.0) -> None:
+        """Wait until the session applier has taken every stored record off acct_pending.
+
+        Checked now and again on each dequeue notice (``watch_applier``): a
+        record the applier holds is still visible until its transaction commits.
+        """
+        import asyncio
+
+        import asyncpg
+
+        async def go() -> None:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                installed = await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = $1)", _DEQUEUED
+                )
+                assert installed, "wait_applied needs watch_applier() after setup()"
+                dequeued = asyncio.Event()
+                await conn.add_listener(_DEQUEUED, lambda *_: dequeued.set())
+                try:
+                    async with asyncio.timeout(timeout):
+                        while True:
+                            dequeued.clear()
+                            if not await conn.fetchval(
+                                "SELECT EXISTS (SELECT 1 FROM acct_pending)"
+                            ):
+                                return
+                            await dequeued.wait()
+                except TimeoutError:
+                    raise AssertionError("session applier did not drain acct_pending") from None
+            finally:
+                await conn.close()
+
+        asyncio.run(go())
+
 
 def _probe(host: str, port: int, secret: bytes) -> bool:
     data = build_request(int(Code.STATUS_SERVER), 7, b"", secret, message_authenticator=True)
@@ -173,6 +291,59 @@ def _probe(host: str, port: int, secret: bytes) -> bool:
             reply = parse(s.recv(4096))
             return reply.code == Code.ACCESS_ACCEPT
     return False
+
+
+_IN_MODIFY = 0x00000002
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def _watch_writes(path: Path) -> Iterator[int]:
+    """An inotify descriptor that turns readable when ``path`` is written to (Linux)."""
+    fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+    try:
+        if _libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch failed on {path}")
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _find_event(path: Path, event: str, position: int) -> tuple[LogLine | None, int]:
+    """The first complete JSON line for ``event`` from byte ``position``; where reading stopped.
+
+    Lines that are not JSON (the supervisor's messages) are passed over; a
+    line still being written is left for the next read.
+    """
+    with path.open("rb") as fh:
+        fh.seek(position)
+        data = fh.read()
+    for raw in data.split(b"\n")[:-1]:
+        position += len(raw) + 1
+        try:
+            fields = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(fields, dict) and fields.get("event") == event:
+            return LogLine(fields, position), position
+    return None, position
+
+
+def _run_sql(dsn: str, sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
 
 
 def create_database(admin_dsn: str) -> tuple[str, str]:
