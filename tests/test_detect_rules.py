@@ -33,6 +33,7 @@ from ispcare_radius.detect.settings import (
     settings_from_toml,
 )
 from ispcare_radius.detect.state import Detector
+from ispcare_radius.privacy.blind import normalize_mac
 
 T0 = 1_900_000_000.0  # a fixed clock
 DAY = 86400.0
@@ -418,6 +419,10 @@ def test_state_is_keyed_by_digests_and_bounded() -> None:
     assert "secret" not in text and "02-00" not in text
 
 
+def _parse_mac(station: bytes) -> bytes | None:
+    return normalize_mac(station.decode("ascii"))
+
+
 def test_remembered_subscriber_keys_are_the_keys_a_fresh_detector_gives() -> None:
     """The per-subscriber key memo changes nothing: every login's signal equals the
     signal of a detector that never saw a login, whatever the name, MAC or
@@ -437,6 +442,10 @@ def test_remembered_subscriber_keys_are_the_keys_a_fresh_detector_gives() -> Non
     for login in logins + logins[::-1]:
         fresh, _ = _detector()
         assert det.signal(login).encode() == fresh.signal(login).encode()
+        # The same login with the MAC as the NAS wrote it, parsed only when not remembered.
+        station = None if login.mac is None else login.mac.hex("-").upper().encode()
+        raw = replace(login, mac=None, station=station)
+        assert det.signal(raw, _parse_mac).encode() == fresh.signal(login).encode()
     assert len(det._known) <= 4
     held = repr(det._known)
     assert "secret" not in held and "alice" not in held.lower()

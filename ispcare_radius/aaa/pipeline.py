@@ -473,11 +473,13 @@ class AccessHandler:
                     reason,
                     attempt.user_name,
                     profile.source,
-                    mac_of(calling),
+                    None,  # the MAC: parsed from the station only if not remembered
                     attempt.password,
                     profile.location,
                     over_limit,
-                )
+                    calling,
+                ),
+                mac_of,
             )
         except Exception:  # detection must never cost an answer
             return None

@@ -35,7 +35,9 @@ class Login:
     ``calling_station_id`` is the source: the Calling-Station-Id, or the
     client's public IP for VPN and hotspot NAS. ``password`` is the PAP
     password offered (only its keyed digest is kept); ``mac`` the 6 bytes of
-    a MAC-shaped Calling-Station-Id.
+    a MAC-shaped Calling-Station-Id, or instead ``station``, the
+    Calling-Station-Id as the NAS sent it, for the detector to parse only
+    when it does not remember this subscriber on this station already.
     """
 
     time: float
@@ -49,6 +51,7 @@ class Login:
     place: Place | None = field(default=None, repr=False)
     # Admitted over the plan's Simultaneous-Use limit by displacing a session.
     over_limit: bool = False
+    station: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)

@@ -53,6 +53,9 @@ from ispcare_radius.detect.settings import ACTION_RANK, Action, DetectSettings, 
 KEY_BYTES: Final = 8
 _NO_HOURS: Final = bytes(24 * array("I").itemsize)
 
+MacParser = Callable[[bytes], bytes | None]
+"""A Calling-Station-Id as sent -> the 6 bytes of the MAC it spells, or None."""
+
 Keyer = Callable[[str, bytes], bytes]
 """(domain, value) -> keyed digest (HMAC under a key the database never holds in clear)."""
 
@@ -163,39 +166,43 @@ class Detector:
         self._memo = (asked, keys)
         return keys
 
-    def _identity(self, login: Login) -> _Identity:
+    def _identity(self, login: Login, parse_mac: MacParser | None) -> _Identity:
         """The account and MAC keys of ``login``; remembered for a known subscriber."""
         sid = login.subscriber_id
         if sid is None:
-            return self._identify(login)
+            return self._identify(login, parse_mac)
         known = self._known
-        slot = hash((sid, login.user_name, login.mac))
+        slot = hash((sid, login.user_name, login.mac, login.station))
         hit = known.get(slot)
         if hit is not None and hit[0] == sid:
             return hit[1]
-        found = self._identify(login)
+        found = self._identify(login, parse_mac)
         known[slot] = (sid, found)
         if len(known) > self._known_limit:
             del known[next(iter(known))]
         return found
 
-    def _identify(self, login: Login) -> _Identity:
+    def _identify(self, login: Login, parse_mac: MacParser | None) -> _Identity:
         key = self._key
         account = key(Subject.ACCOUNT, account_text(login.user_name))[:KEY_BYTES]
         mac = login.mac
+        if mac is None and login.station is not None and parse_mac is not None:
+            mac = parse_mac(login.station)
         if mac is None:
             return account, None, False, keys_text(account, None, False)
         mac_key = key(Subject.MAC, mac)[:KEY_BYTES]
         local = is_locally_administered(mac)
         return account, mac_key, local, keys_text(account, mac_key, local)
 
-    def signal(self, login: Login) -> Signal:
+    def signal(self, login: Login, parse_mac: MacParser | None = None) -> Signal:
         """The keyed form of ``login``: what the rules and the auth-events row keep.
 
         The source key is only for failures (the spray rule counts nothing
-        else), so an accepted login costs no digest of it.
+        else), so an accepted login costs no digest of it. ``parse_mac``
+        reads ``login.station`` as a MAC when ``login.mac`` is not given, and
+        only when the login's keys are not remembered.
         """
-        account, mac, mac_local, head = self._identity(login)
+        account, mac, mac_local, head = self._identity(login, parse_mac)
         source = password = None
         if not login.accepted:
             if login.calling_station_id:
@@ -279,9 +286,12 @@ class Detector:
 
     # --- after a decision ----------------------------------------------------
 
-    def observe(self, login: Login) -> Signal:
-        """Run the rules on ``login``, emit its flags and holds; the signal to store."""
-        sig = self.signal(login)
+    def observe(self, login: Login, parse_mac: MacParser | None = None) -> Signal:
+        """Run the rules on ``login``, emit its flags and holds; the signal to store.
+
+        ``parse_mac`` as for ``signal``.
+        """
+        sig = self.signal(login, parse_mac)
         self.apply(sig, login)
         return sig
 
