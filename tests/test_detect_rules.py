@@ -419,6 +419,31 @@ def test_state_is_keyed_by_digests_and_bounded() -> None:
     assert "secret" not in text and "02-00" not in text
 
 
+def test_a_subject_forgotten_by_the_budget_is_still_judged_on_this_login() -> None:
+    """With the smallest entry budget the settings allow, settling the budget
+    may forget the very source just recorded: its rules still judge the login
+    that recorded it (spray fires, brute force holds), nothing raises."""
+    settings = replace(
+        DetectSettings(mode=Mode.ENFORCE),
+        brute_force=BruteForce(short_count=1, long_count=1),
+        password_spray=PasswordSpray(max_names=2, max_failures=1),
+        device_many_accounts=DeviceManyAccounts(max_accounts=1),
+        account_many_devices=AccountManyDevices(max_devices=1),
+        max_subjects=1,
+    )
+    settings = replace(settings, max_entries=settings.largest_list())
+    sink = Sink()
+    det = Detector(settings, keyer, sink)
+    for i, user in enumerate(("a", "b")):
+        det.observe(_login(T0 + i, user, calling="10.0.0.1", password=b"pw", sid=7 + i))
+    assert [f.rule for f in sink.flags] == [
+        Rule.BRUTE_FORCE,
+        Rule.BRUTE_FORCE,
+        Rule.PASSWORD_SPRAY,
+    ]
+    assert det.entries <= settings.max_entries
+
+
 def _parse_mac(station: bytes) -> bytes | None:
     return normalize_mac(station.decode("ascii"))
 

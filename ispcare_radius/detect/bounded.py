@@ -99,8 +99,13 @@ class Lists(OrderedDict[bytes, _L], Generic[_L]):
 class Seen(Lists[dict[bytes, float]]):
     """Per subject, the keys seen with it inside a window: when each was last seen."""
 
-    def touch(self, subject: bytes, key: bytes, now: float, window: float, cap: int) -> int:
-        """Record ``key`` for ``subject`` at ``now``; how many keys it now has.
+    def touch(
+        self, subject: bytes, key: bytes, now: float, window: float, cap: int
+    ) -> dict[bytes, float]:
+        """Record ``key`` for ``subject`` at ``now``; the subject's keys.
+
+        The keys are returned, not looked up again: settling the budget may
+        forget this very subject, and its rule still judges this login.
 
         Keys last seen before the window, or beyond ``cap``, are dropped.
         ``cap`` is the rule's threshold plus one: a "more than N" rule fires
@@ -111,11 +116,11 @@ class Seen(Lists[dict[bytes, float]]):
         """
         seen = self.get(subject)
         if seen is None:
-            self[subject] = {key: now}
+            seen = self[subject] = {key: now}
             while len(self) > self.limit:
                 self.forget_oldest()
             self.resized(0, 1)
-            return 1
+            return seen
         self.move_to_end(subject)
         before = len(seen)
         seen.pop(key, None)
@@ -125,7 +130,4 @@ class Seen(Lists[dict[bytes, float]]):
         after = len(seen)
         if after != before:
             self.resized(before, after)
-        return after
-
-    def keys_of(self, subject: bytes) -> dict[bytes, float]:
-        return self[subject]
+        return seen

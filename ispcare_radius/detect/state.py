@@ -138,7 +138,8 @@ class Detector:
         # A known subscriber's (account, MAC) keys, found by the process's
         # salted hash of (subscriber id, user name, MAC): no personal value is
         # held, and a returning subscriber costs no digest. Insertion order
-        # evicts; the subscriber id in the value guards against collisions.
+        # evicts; the subscriber id in the value keeps a collision from
+        # giving one subscriber another's keys.
         self._known: dict[int, tuple[int, _Identity]] = {}
         self._known_limit = n
 
@@ -197,8 +198,8 @@ class Detector:
     def signal(self, login: Login, parse_mac: MacParser | None = None) -> Signal:
         """The keyed form of ``login``: what the rules and the auth-events row keep.
 
-        The source key is only for failures (the spray rule counts nothing
-        else), so an accepted login costs no digest of it. ``parse_mac``
+        The source key is only for rejected logins (the spray rule counts
+        nothing else), so an accepted login costs no digest of it. ``parse_mac``
         reads ``login.station`` as a MAC when ``login.mac`` is not given, and
         only when the login's keys are not remembered.
         """
@@ -332,8 +333,9 @@ class Detector:
             source = sig.source
             if source is not None:
                 sp = s.password_spray
-                self._spray_names.touch(source, account, t, sp.names_window, sp.max_names + 1)
-                names = self._spray_names.keys_of(source)
+                names = self._spray_names.touch(
+                    source, account, t, sp.names_window, sp.max_names + 1
+                )
                 day = self._spray_failures.open(source, self._new_day)
                 before = len(day)
                 day.append(t)
@@ -375,15 +377,13 @@ class Detector:
             if mac is not None:
                 if not sig.mac_local:
                     am = s.account_many_devices
-                    held = self._account_macs.touch(account, mac, t, am.window, am.max_devices + 1)
-                    if held > am.max_devices and (
-                        f := rules.account_many_devices(self._account_macs.keys_of(account), am)
-                    ):
+                    macs = self._account_macs.touch(account, mac, t, am.window, am.max_devices + 1)
+                    if len(macs) > am.max_devices and (f := rules.account_many_devices(macs, am)):
                         found.append((f, account))
                 dm = s.device_many_accounts
-                held = self._mac_accounts.touch(mac, account, t, dm.window, dm.max_accounts + 1)
-                if held > dm.max_accounts and (
-                    f := rules.device_many_accounts(self._mac_accounts.keys_of(mac), dm)
+                accounts = self._mac_accounts.touch(mac, account, t, dm.window, dm.max_accounts + 1)
+                if len(accounts) > dm.max_accounts and (
+                    f := rules.device_many_accounts(accounts, dm)
                 ):
                     found.append((f, mac))
         if sig.over_limit or sig.reason == "simultaneous_use":
