@@ -365,8 +365,11 @@ class Detector:
                     if f is not None:
                         found.append((f, account))
             hour = int(t // 3600) % 24
-            if habit.seen >= s.unusual_hour.min_history:
-                f = rules.unusual_hour(habit.hours, hour, s.unusual_hour, habit.seen)
+            uh = s.unusual_hour
+            # Only a login in a rare hour can be unusual: an account with a
+            # habit seldom is, so the rule runs only when it may fire.
+            if habit.seen >= uh.min_history and habit.hours[hour] <= uh.max_share * habit.seen:
+                f = rules.unusual_hour(habit.hours, hour, uh, habit.seen)
                 if f is not None:
                     found.append((f, account))
             habit.seen += 1
