@@ -72,10 +72,6 @@ class Signal:
     # ``encode``'s text for the account and MAC, when the detector has it already.
     head: str | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def failure(self) -> bool:
-        return not self.accepted and self.reason in FAILURE_REASONS
-
     def row(self) -> dict[str, Any]:
         """The JSON stored with the auth event (``auth_events.detect``)."""
         out: dict[str, Any] = {"v": SIGNAL_VERSION, "a": self.account.hex()}
