@@ -476,6 +476,51 @@ def test_remembered_subscriber_keys_are_the_keys_a_fresh_detector_gives() -> Non
     assert "secret" not in held and "alice" not in held.lower()
 
 
+def test_see_is_observe_without_the_login_object() -> None:
+    """``see`` (the pipeline's entry, with its shortcut for accepted logins of
+    known subscribers) and ``observe`` leave the same signal text, raise the
+    same flags with the same evidence, and hold the same subjects, on logins
+    that take the shortcut and logins that do not, flags fired on either."""
+    settings = replace(
+        DetectSettings(mode=Mode.ENFORCE),
+        device_many_accounts=DeviceManyAccounts(max_accounts=2),
+        account_many_devices=AccountManyDevices(max_devices=2),
+        unusual_hour=UnusualHour(min_history=3),
+    )
+    by_observe, by_see = Sink(), Sink()
+    old, new = Detector(settings, keyer, by_observe), Detector(settings, keyer, by_see)
+    london = Fix(0.0, "GB", *LONDON, 10.0)
+    stations = (b"00-1B-00-00-00-01", b"00-1B-00-00-00-02", b"00-1B-00-00-00-03", b"x", None)
+    rows = []
+    for i in range(400):
+        user = ("alice", "bob", "Carol", "dave")[i % 4 if i < 200 else i % 3]
+        station = stations[(i // 5) % len(stations) if i < 300 else i % 2]
+        ok = i % 7 != 3
+        place = london if i % 11 == 0 else None
+        reason = "accept" if ok else ("bad_password", "unknown_user", "simultaneous_use")[i % 3]
+        t = T0 + i * 1800.0
+        sid = None if user == "dave" and not ok else 7 + i % 4
+        rows.append((t, sid, ok, reason, user, station, b"pw%d" % (i % 5), place, i % 13 == 0))
+    end = rows[-1][0]
+    rows += [
+        (end + i, 8, False, "bad_password", "bob", None, b"g%d" % i, None, False) for i in range(12)
+    ]
+    for t, sid, ok, reason, user, station, password, place, over in rows:
+        source = station.decode() if station else None
+        login = Login(t, sid, ok, reason, user, source, None, password, place, over, station)
+        expected = old.observe(login, _parse_mac).encode()
+        got = new.see(t, sid, ok, reason, user, source, password, place, over, station, _parse_mac)
+        assert got == expected
+        for who in ("alice", "bob", "carol", "dave"):
+            mac = _parse_mac(station) if station else None
+            assert new.hold(who, source, mac, t + 1) == old.hold(who, source, mac, t + 1)
+    assert by_see.flags == by_observe.flags
+    rules_fired = {f.rule for f in by_see.flags}
+    assert {Rule.DEVICE_MANY_ACCOUNTS, Rule.ACCOUNT_MANY_DEVICES, Rule.BRUTE_FORCE} <= rules_fired
+    assert Rule.CONCURRENT_SESSIONS in rules_fired
+    assert new.entries == old.entries and new.holds == old.holds
+
+
 def _stored(det: Detector) -> int:
     """Entries actually held in the detector's per-subject lists, counted one by one."""
     lists = (det._failures, det._spray_names, det._spray_failures, det._account_macs,

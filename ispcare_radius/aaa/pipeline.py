@@ -61,7 +61,6 @@ from ispcare_radius.aaa.steps import (
     check_walled_garden,
     read_credentials,
 )
-from ispcare_radius.detect.login import Login
 from ispcare_radius.detect.settings import Action as DetectAction
 from ispcare_radius.detect.state import Detector
 from ispcare_radius.privacy.secret import Secret
@@ -465,25 +464,21 @@ class AccessHandler:
             return None
         sub = attempt.subscriber
         try:
-            signal = self._detector.observe(
-                Login(  # positional, in field order: this runs for every request
-                    now,
-                    sub.id if sub is not None else None,
-                    result is AuthResult.ACCEPT,
-                    reason,
-                    attempt.user_name,
-                    profile.source,
-                    None,  # the MAC: parsed from the station only if not remembered
-                    attempt.password,
-                    profile.location,
-                    over_limit,
-                    calling,
-                ),
+            return self._detector.see(  # positional: this runs for every request
+                now,
+                sub.id if sub is not None else None,
+                result is AuthResult.ACCEPT,
+                reason,
+                attempt.user_name,
+                profile.source,
+                attempt.password,
+                profile.location,
+                over_limit,
+                calling,
                 mac_of,
             )
         except Exception:  # detection must never cost an answer
             return None
-        return signal.encode()
 
     def _profile(self, attempt: Attempt) -> LoginProfile:
         """The login's location and device categories; none rather than a failed answer."""

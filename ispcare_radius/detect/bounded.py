@@ -123,6 +123,9 @@ class Seen(Lists[dict[bytes, float]]):
             return seen
         self.move_to_end(subject)
         before = len(seen)
+        if before == 1 and key in seen:
+            seen[key] = now  # seen again, alone: nothing to prune (most calls)
+            return seen
         seen.pop(key, None)
         seen[key] = now
         while seen and (next(iter(seen.values())) < now - window or len(seen) > cap):

@@ -47,11 +47,10 @@ from ispcare_radius.detect.login import (
     keys_text,
     source_text,
 )
-from ispcare_radius.detect.rules import Finding, Fix
+from ispcare_radius.detect.rules import Finding, Fix, Place
 from ispcare_radius.detect.settings import ACTION_RANK, Action, DetectSettings, Rule
 
 KEY_BYTES: Final = 8
-_NO_HOURS: Final = bytes(24 * array("I").itemsize)
 
 MacParser = Callable[[bytes], bytes | None]
 """A Calling-Station-Id as sent -> the 6 bytes of the MAC it spells, or None."""
@@ -90,21 +89,27 @@ _RULE_SUBJECT: Final = {
 _Identity = tuple[bytes, bytes | None, bool, str]
 
 
-class _Habit:
-    """One account's accepted logins: countries, last location, hours of day.
+class _Places:
+    """Where one account's accepted logins were: its recent countries, its last location.
 
-    Made for every new account, so it is small and quick to make: the hours
-    are an array, the countries come with the first location.
+    Only for an account that has logged in from a known place.
     """
 
-    __slots__ = ("countries", "first", "hours", "last_fix", "seen")
+    __slots__ = ("countries", "last_fix")
 
-    def __init__(self, first: float) -> None:
-        self.first = first
-        self.seen = 0  # the sum of ``hours``
-        self.countries: deque[str] | None = None
+    def __init__(self) -> None:
+        self.countries: deque[str] = deque()
         self.last_fix: Fix | None = None
-        self.hours = array("I", _NO_HOURS)
+
+
+# One account's accepted logins, as a flat array of doubles: when it was
+# first seen, how many logins, and how many in each UTC hour. An array,
+# not an object, so the garbage collector never walks the habits of every
+# account (it holds no references), and one allocation per new account.
+_FIRST: Final = 0
+_SEEN: Final = 1
+_HOURS: Final = 2
+_NEW_HABIT: Final = array("d", bytes((_HOURS + 24) * array("d").itemsize))
 
 
 class Detector:
@@ -124,7 +129,9 @@ class Detector:
         self._failures: Lists[deque[tuple[float, int | None]]] = Lists(n, budget)
         self._spray_names = Seen(n, budget)
         self._spray_failures: Lists[deque[float]] = Lists(n, budget)
-        self._habits: Lru[bytes, _Habit] = Lru(n)
+        self._habits: Lru[bytes, array[float]] = Lru(n)
+        # The places of accounts in ``_habits`` that have one (forgotten with the habit).
+        self._places: dict[bytes, _Places] = {}
         self._account_macs = Seen(n, budget)
         self._mac_accounts = Seen(n, budget)
         self._fired: Lru[tuple[Rule, str, bytes, int], bool] = Lru(n)
@@ -167,28 +174,39 @@ class Detector:
         self._memo = (asked, keys)
         return keys
 
-    def _identity(self, login: Login, parse_mac: MacParser | None) -> _Identity:
-        """The account and MAC keys of ``login``; remembered for a known subscriber."""
-        sid = login.subscriber_id
+    def _identity(
+        self,
+        sid: int | None,
+        user_name: str,
+        mac: bytes | None,
+        station: bytes | None,
+        parse_mac: MacParser | None,
+    ) -> _Identity:
+        """The account and MAC keys of a login; remembered for a known subscriber."""
         if sid is None:
-            return self._identify(login, parse_mac)
+            return self._identify(user_name, mac, station, parse_mac)
         known = self._known
-        slot = hash((sid, login.user_name, login.mac, login.station))
+        slot = hash((sid, user_name, mac, station))
         hit = known.get(slot)
         if hit is not None and hit[0] == sid:
             return hit[1]
-        found = self._identify(login, parse_mac)
+        found = self._identify(user_name, mac, station, parse_mac)
         known[slot] = (sid, found)
         if len(known) > self._known_limit:
             del known[next(iter(known))]
         return found
 
-    def _identify(self, login: Login, parse_mac: MacParser | None) -> _Identity:
+    def _identify(
+        self,
+        user_name: str,
+        mac: bytes | None,
+        station: bytes | None,
+        parse_mac: MacParser | None,
+    ) -> _Identity:
         key = self._key
-        account = key(Subject.ACCOUNT, account_text(login.user_name))[:KEY_BYTES]
-        mac = login.mac
-        if mac is None and login.station is not None and parse_mac is not None:
-            mac = parse_mac(login.station)
+        account = key(Subject.ACCOUNT, account_text(user_name))[:KEY_BYTES]
+        if mac is None and station is not None and parse_mac is not None:
+            mac = parse_mac(station)
         if mac is None:
             return account, None, False, keys_text(account, None, False)
         mac_key = key(Subject.MAC, mac)[:KEY_BYTES]
@@ -203,7 +221,9 @@ class Detector:
         reads ``login.station`` as a MAC when ``login.mac`` is not given, and
         only when the login's keys are not remembered.
         """
-        account, mac, mac_local, head = self._identity(login, parse_mac)
+        account, mac, mac_local, head = self._identity(
+            login.subscriber_id, login.user_name, login.mac, login.station, parse_mac
+        )
         source = password = None
         if not login.accepted:
             if login.calling_station_id:
@@ -296,6 +316,63 @@ class Detector:
         self.apply(sig, login)
         return sig
 
+    def see(
+        self,
+        time: float,
+        subscriber_id: int | None,
+        accepted: bool,
+        reason: str,
+        user_name: str,
+        source: str | None,
+        password: bytes | None,
+        place: Place | None,
+        over_limit: bool,
+        station: bytes | None,
+        parse_mac: MacParser | None,
+    ) -> str:
+        """``observe`` for the pipeline: a login's fields in, its stored signal text out.
+
+        The fields are ``Login``'s, with the MAC left to ``parse_mac``. An
+        accepted login of a known subscriber, without a location, is most
+        Access-Requests: it builds neither a ``Login`` nor a ``Signal``
+        unless a rule fires on it. Any other login goes through ``observe``.
+        """
+        if (
+            accepted
+            and place is None
+            and subscriber_id is not None
+            and not over_limit
+            and reason != "simultaneous_use"
+        ):
+            account, mac, mac_local, head = self._identity(
+                subscriber_id, user_name, None, station, parse_mac
+            )
+            found: list[tuple[Finding, bytes]] = []
+            self._accepted(account, time, None, mac, mac_local, found)
+            if not found:
+                return head + "}"
+            sig = Signal(time, subscriber_id, True, reason, account, None, mac, mac_local)
+            sig.head = head
+            login = Login(time, subscriber_id, True, reason, user_name, source, None, password)
+            login.station = station
+            for finding, subject in found:
+                self._act(sig, finding, subject, login)
+            return sig.encode()
+        login = Login(  # positional, in field order
+            time,
+            subscriber_id,
+            accepted,
+            reason,
+            user_name,
+            source,
+            None,
+            password,
+            place,
+            over_limit,
+            station,
+        )
+        return self.observe(login, parse_mac).encode()
+
     def replay(self, signals: Iterable[Signal]) -> int:
         """Rebuild history from stored signals, oldest first; returns how many.
 
@@ -345,50 +422,7 @@ class Detector:
                 if (f := rules.password_spray(names, len(day), sp)) is not None:
                     found.append((f, source))
         if sig.accepted:
-            habits = self._habits
-            habit = habits.get(account)
-            if habit is None:
-                habit = habits[account] = _Habit(t)
-                if len(habits) > habits.limit:
-                    habits.popitem(last=False)
-            else:
-                habits.move_to_end(account)
-            fix = sig.fix
-            if fix is not None:
-                f = rules.new_country(
-                    habit.countries or (), habit.seen, habit.first, fix.country, t, s.new_country
-                )
-                if f is not None:
-                    found.append((f, account))
-                if habit.last_fix is not None:
-                    f = rules.impossible_travel(habit.last_fix, fix, s.impossible_travel)
-                    if f is not None:
-                        found.append((f, account))
-            hour = int(t // 3600) % 24
-            uh = s.unusual_hour
-            # Only a login in a rare hour can be unusual: an account with a
-            # habit seldom is, so the rule runs only when it may fire.
-            if habit.seen >= uh.min_history and habit.hours[hour] <= uh.max_share * habit.seen:
-                f = rules.unusual_hour(habit.hours, hour, uh, habit.seen)
-                if f is not None:
-                    found.append((f, account))
-            habit.seen += 1
-            habit.hours[hour] += 1
-            if fix is not None:
-                self._remember(habit, fix)
-            mac = sig.mac
-            if mac is not None:
-                if not sig.mac_local:
-                    am = s.account_many_devices
-                    macs = self._account_macs.touch(account, mac, t, am.window, am.max_devices + 1)
-                    if len(macs) > am.max_devices and (f := rules.account_many_devices(macs, am)):
-                        found.append((f, account))
-                dm = s.device_many_accounts
-                accounts = self._mac_accounts.touch(mac, account, t, dm.window, dm.max_accounts + 1)
-                if len(accounts) > dm.max_accounts and (
-                    f := rules.device_many_accounts(accounts, dm)
-                ):
-                    found.append((f, mac))
+            self._accepted(account, t, sig.fix, sig.mac, sig.mac_local, found)
         if sig.over_limit or sig.reason == "simultaneous_use":
             f = rules.concurrent_sessions(sig.reason, s.concurrent_sessions, sig.over_limit)
             if f is not None:
@@ -401,6 +435,67 @@ class Detector:
             if (flag := self._act(sig, finding, subject, login)) is not None
         ]
 
+    def _accepted(
+        self,
+        account: bytes,
+        t: float,
+        fix: Fix | None,
+        mac: bytes | None,
+        mac_local: bool,
+        found: list[tuple[Finding, bytes]],
+    ) -> None:
+        """The rules on an accepted login (``found`` gets their findings), then its record."""
+        s = self.settings
+        habits = self._habits
+        habit = habits.get(account)
+        if habit is None:
+            habit = habits[account] = _NEW_HABIT[:]
+            habit[_FIRST] = t
+            if len(habits) > habits.limit:
+                self._places.pop(habits.popitem(last=False)[0], None)
+        else:
+            habits.move_to_end(account)
+        seen = habit[_SEEN]
+        if fix is not None:
+            places = self._places.get(account)
+            f = rules.new_country(
+                places.countries if places is not None else (),
+                int(seen),
+                habit[_FIRST],
+                fix.country,
+                t,
+                s.new_country,
+            )
+            if f is not None:
+                found.append((f, account))
+            if places is not None and places.last_fix is not None:
+                f = rules.impossible_travel(places.last_fix, fix, s.impossible_travel)
+                if f is not None:
+                    found.append((f, account))
+        slot = _HOURS + int(t // 3600) % 24
+        uh = s.unusual_hour
+        # Only a login in a rare hour can be unusual: an account with a
+        # habit seldom is, so the rule runs only when it may fire.
+        if seen >= uh.min_history and habit[slot] <= uh.max_share * seen:
+            hours = [int(n) for n in habit[_HOURS:]]
+            f = rules.unusual_hour(hours, slot - _HOURS, uh, int(seen))
+            if f is not None:
+                found.append((f, account))
+        habit[_SEEN] = seen + 1
+        habit[slot] += 1
+        if fix is not None:
+            self._remember(account, fix)
+        if mac is not None:
+            if not mac_local:
+                am = s.account_many_devices
+                macs = self._account_macs.touch(account, mac, t, am.window, am.max_devices + 1)
+                if len(macs) > am.max_devices and (f := rules.account_many_devices(macs, am)):
+                    found.append((f, account))
+            dm = s.device_many_accounts
+            accounts = self._mac_accounts.touch(mac, account, t, dm.window, dm.max_accounts + 1)
+            if len(accounts) > dm.max_accounts and (f := rules.device_many_accounts(accounts, dm)):
+                found.append((f, mac))
+
     def _new_failures(self) -> deque[tuple[float, int | None]]:
         # The longer brute-force rule looks back this many failures: no more is kept.
         return deque(maxlen=self._fail_len)
@@ -409,16 +504,19 @@ class Detector:
         # One failure beyond the threshold is enough to fire "more than max_failures".
         return deque(maxlen=self.settings.password_spray.max_failures + 1)
 
-    def _remember(self, habit: _Habit, fix: Fix) -> None:
-        """Add an accepted login's location to the account's habit."""
+    def _remember(self, account: bytes, fix: Fix) -> None:
+        """Add an accepted login's location to the account's places."""
+        if not fix.country and (fix.latitude is None or fix.longitude is None):
+            return
+        places = self._places.get(account)
+        if places is None:
+            places = self._places[account] = _Places()
         if fix.country:
-            if habit.countries is None:
-                habit.countries = deque()
-            habit.countries.append(fix.country)
-            while len(habit.countries) > self.settings.new_country.history:
-                habit.countries.popleft()
+            places.countries.append(fix.country)
+            while len(places.countries) > self.settings.new_country.history:
+                places.countries.popleft()
         if fix.latitude is not None and fix.longitude is not None:
-            habit.last_fix = fix
+            places.last_fix = fix
 
     def _act(
         self, sig: Signal, finding: Finding, subject: bytes, login: Login | None
