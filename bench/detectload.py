@@ -9,6 +9,11 @@ PostgreSQL server (as the shared harness counts it), read from /proc around
 them, per answered request. Prints each round and the medians:
 
     .venv/bin/python bench/detectload.py [--rounds 5] [--users 20000] [--count 20000] [--runs 3]
+                                         [--located]
+
+``--located`` gives the NAS a location (a fixed-line POP), as an ISP with
+``nas_locations`` has: every login then has a place, and the location rules
+(new country, impossible travel) run on each.
 
 Uses $ISPCARE_BENCH_DSN (an admin DSN; a scratch database is created and
 dropped), default postgresql://postgres@127.0.0.1:5432/postgres.
@@ -90,6 +95,9 @@ def main() -> int:
     parser.add_argument(
         "--runs", type=int, default=3, help="measured runs per server start, after a warm-up run"
     )
+    parser.add_argument(
+        "--located", action="store_true", help="place the NAS (latitude, longitude, country)"
+    )
     parser.add_argument("--bench-dir", default=str(ROOT.parent / "shared" / "bench"))
     args = parser.parse_args()
     radload = Path(args.bench_dir) / "radload.py"
@@ -116,7 +124,10 @@ def main() -> int:
     database = postmaster_pid(admin)
     try:
         srv.setup()
-        srv.cli("nas", "add", "bench", "127.0.0.1", "--secret", SECRET)
+        place = ["--latitude", "51.5", "--longitude", "-0.12", "--country", "GB"]
+        srv.cli(
+            "nas", "add", "bench", "127.0.0.1", "--secret", SECRET, *(place if args.located else [])
+        )
         srv.cli("subscriber", "import", str(subscribers), "--no-progress")
         load = [sys.executable, str(radload), "-f", str(requests), "-p", str(args.parallel)]
         load += ["-s", SECRET, "--port", str(srv.auth_port), "auth"]

@@ -486,17 +486,22 @@ def test_see_is_observe_without_the_login_object() -> None:
         device_many_accounts=DeviceManyAccounts(max_accounts=2),
         account_many_devices=AccountManyDevices(max_devices=2),
         unusual_hour=UnusualHour(min_history=3),
+        new_country=NewCountry(quiet_logins=2, quiet_days=1.0),
     )
     by_observe, by_see = Sink(), Sink()
     old, new = Detector(settings, keyer, by_observe), Detector(settings, keyer, by_see)
-    london = Fix(0.0, "GB", *LONDON, 10.0)
+    places = (
+        Fix(0.0, "GB", *LONDON, 10.0),
+        Fix(0.0, "CN", *CHANGCHUN, None),
+        Fix(0.0, "GB", None, None),
+    )
     stations = (b"00-1B-00-00-00-01", b"00-1B-00-00-00-02", b"00-1B-00-00-00-03", b"x", None)
     rows = []
     for i in range(400):
         user = ("alice", "bob", "Carol", "dave")[i % 4 if i < 200 else i % 3]
         station = stations[(i // 5) % len(stations) if i < 300 else i % 2]
         ok = i % 7 != 3
-        place = london if i % 11 == 0 else None
+        place = places[i % 3] if i % 11 < 4 else None
         reason = "accept" if ok else ("bad_password", "unknown_user", "simultaneous_use")[i % 3]
         t = T0 + i * 1800.0
         sid = None if user == "dave" and not ok else 7 + i % 4
@@ -517,7 +522,7 @@ def test_see_is_observe_without_the_login_object() -> None:
     assert by_see.flags == by_observe.flags
     rules_fired = {f.rule for f in by_see.flags}
     assert {Rule.DEVICE_MANY_ACCOUNTS, Rule.ACCOUNT_MANY_DEVICES, Rule.BRUTE_FORCE} <= rules_fired
-    assert Rule.CONCURRENT_SESSIONS in rules_fired
+    assert {Rule.CONCURRENT_SESSIONS, Rule.NEW_COUNTRY, Rule.IMPOSSIBLE_TRAVEL} <= rules_fired
     assert new.entries == old.entries and new.holds == old.holds
 
 

@@ -23,6 +23,7 @@ SIGNAL_VERSION: Final = 1
 # accuracy radius widened to cover the rounding: a coarse category, not a place.
 _ROUND_DEGREES: Final = 1
 _ROUNDING_KM: Final = 8.0
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"))
 
 
 # Login and Signal are built for every Access-Request: slotted but not frozen,
@@ -82,11 +83,8 @@ class Signal:
             out["ml"] = self.mac_local
         if self.password is not None:
             out["p"] = self.password
-        fix = self.fix
-        if fix is not None:
-            lat = None if fix.latitude is None else round(fix.latitude, _ROUND_DEGREES)
-            lon = None if fix.longitude is None else round(fix.longitude, _ROUND_DEGREES)
-            out["fx"] = [fix.country, lat, lon, (fix.accuracy_km or 0.0) + _ROUNDING_KM]
+        if self.fix is not None:
+            out["fx"] = _fx(self.fix)
         return out
 
     def encode(self) -> str:
@@ -104,7 +102,7 @@ class Signal:
         if self.password is not None:
             parts.append(f',"p":{self.password}')
         if self.fix is not None:
-            parts.append(',"fx":' + json.dumps(self.row()["fx"], separators=(",", ":")))
+            parts.append(',"fx":' + fix_text(self.fix))
         parts.append("}")
         return "".join(parts)
 
@@ -155,6 +153,18 @@ class Signal:
             password=int(row["p"]) if "p" in row else None,
             fix=fix,
         )
+
+
+def _fx(fix: Fix) -> list[Any]:
+    """A location as stored: country, coordinates to 0.1 degree, radius widened to match."""
+    lat = None if fix.latitude is None else round(fix.latitude, _ROUND_DEGREES)
+    lon = None if fix.longitude is None else round(fix.longitude, _ROUND_DEGREES)
+    return [fix.country, lat, lon, (fix.accuracy_km or 0.0) + _ROUNDING_KM]
+
+
+def fix_text(fix: Fix) -> str:
+    """``Signal.encode``'s text for a location (compact JSON of ``row()["fx"]``)."""
+    return _COMPACT.encode(_fx(fix))
 
 
 def keys_text(account: bytes, mac: bytes | None, mac_local: bool) -> str:

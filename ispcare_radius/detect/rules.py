@@ -56,7 +56,10 @@ class Place(Protocol):
     def accuracy_km(self) -> float | None: ...
 
 
-@dataclass(frozen=True, slots=True)
+# Slotted but not frozen, like Login and Signal (detect/login.py): one is
+# made for every located login, and a frozen dataclass sets each field
+# through object.__setattr__. Nothing changes one after construction.
+@dataclass(slots=True)
 class Fix:
     """A located login: the place and when."""
 

@@ -43,6 +43,7 @@ from ispcare_radius.detect.login import (
     Login,
     Signal,
     account_text,
+    fix_text,
     is_locally_administered,
     keys_text,
     source_text,
@@ -85,6 +86,9 @@ _RULE_SUBJECT: Final = {
 }
 
 
+# (country, latitude, longitude, accuracy) of a Fix: what its stored text depends on.
+_PlaceKey = tuple[str | None, float | None, float | None, float | None]
+
 # (account key, MAC key, MAC locally administered, ``keys_text``).
 _Identity = tuple[bytes, bytes | None, bool, str]
 
@@ -92,14 +96,33 @@ _Identity = tuple[bytes, bytes | None, bool, str]
 class _Places:
     """Where one account's accepted logins were: its recent countries, its last location.
 
-    Only for an account that has logged in from a known place.
+    Only for an account that has logged in from a known place. The last
+    location is kept as plain values, updated in place: a new object for
+    every located login would keep the garbage collector busy.
     """
 
-    __slots__ = ("countries", "last_fix")
+    __slots__ = (
+        "accuracy_km",
+        "countries",
+        "country",
+        "latitude",
+        "longitude",
+        "recent",
+        "repeats",
+        "time",
+    )
 
     def __init__(self) -> None:
         self.countries: deque[str] = deque()
-        self.last_fix: Fix | None = None
+        # The last country in ``countries`` and how many times it ends it: once
+        # it fills them, the same country again changes nothing (most logins).
+        self.recent: str | None = None
+        self.repeats = 0
+        self.time = 0.0
+        self.country: str | None = None
+        self.latitude: float | None = None  # None: no located login yet
+        self.longitude: float | None = None
+        self.accuracy_km: float | None = None
 
 
 # One account's accepted logins, as a flat array of doubles: when it was
@@ -149,6 +172,9 @@ class Detector:
         # giving one subscriber another's keys.
         self._known: dict[int, tuple[int, _Identity]] = {}
         self._known_limit = n
+        self._fix_memo: (
+            tuple[tuple[str | None, float | None, float | None, float | None], str] | None
+        ) = None
 
     # --- keys -------------------------------------------------------------
 
@@ -233,14 +259,6 @@ class Detector:
                 # wrong passwords, too short to test a guess offline.
                 digest = self._key("password", account + login.password)
                 password = int.from_bytes(digest[:4], "big")
-        fix = None
-        place = login.place
-        if place is not None and (place.country or place.latitude is not None):
-            # A NAS location has no radius of its own: the POP serves an area.
-            accuracy = place.accuracy_km
-            if accuracy is None:
-                accuracy = self.settings.nas_accuracy_km
-            fix = Fix(login.time, place.country, place.latitude, place.longitude, accuracy)
         return Signal(  # positional, in field order: this runs for every request
             login.time,
             login.subscriber_id,
@@ -251,10 +269,30 @@ class Detector:
             mac,
             mac_local,
             password,
-            fix,
+            self._fix(login.place, login.time),
             login.over_limit,
             head,
         )
+
+    def _fix(self, place: Place | None, time: float) -> Fix | None:
+        """Where and when, for the location rules; None for a login without a place."""
+        if place is None or not (place.country or place.latitude is not None):
+            return None
+        # A NAS location has no radius of its own: the POP serves an area.
+        accuracy = place.accuracy_km
+        if accuracy is None:
+            accuracy = self.settings.nas_accuracy_km
+        return Fix(time, place.country, place.latitude, place.longitude, accuracy)
+
+    def _fix_text(self, fix: Fix) -> str:
+        """``fix_text(fix)``, remembered for the last place (a NAS's logins share one)."""
+        asked = (fix.country, fix.latitude, fix.longitude, fix.accuracy_km)
+        memo = self._fix_memo
+        if memo is not None and memo[0] == asked:
+            return memo[1]
+        text = fix_text(fix)
+        self._fix_memo = (asked, text)
+        return text
 
     # --- the question before a reply ---------------------------------------
 
@@ -333,13 +371,12 @@ class Detector:
         """``observe`` for the pipeline: a login's fields in, its stored signal text out.
 
         The fields are ``Login``'s, with the MAC left to ``parse_mac``. An
-        accepted login of a known subscriber, without a location, is most
-        Access-Requests: it builds neither a ``Login`` nor a ``Signal``
-        unless a rule fires on it. Any other login goes through ``observe``.
+        accepted login of a known subscriber is most Access-Requests: it
+        builds neither a ``Login`` nor a ``Signal`` unless a rule fires on
+        it. Any other login goes through ``observe``.
         """
         if (
             accepted
-            and place is None
             and subscriber_id is not None
             and not over_limit
             and reason != "simultaneous_use"
@@ -347,17 +384,21 @@ class Detector:
             account, mac, mac_local, head = self._identity(
                 subscriber_id, user_name, None, station, parse_mac
             )
+            fix = self._fix(place, time) if place is not None else None
             found: list[tuple[Finding, bytes]] = []
-            self._accepted(account, time, None, mac, mac_local, found)
-            if not found:
+            self._accepted(account, time, fix, mac, mac_local, found)
+            if found:
+                sig = Signal(time, subscriber_id, True, reason, account, None, mac, mac_local)
+                sig.fix = fix
+                sig.head = head
+                login = Login(time, subscriber_id, True, reason, user_name, source, None, password)
+                login.place = place
+                login.station = station
+                for finding, subject in found:
+                    self._act(sig, finding, subject, login)
+            if fix is None:
                 return head + "}"
-            sig = Signal(time, subscriber_id, True, reason, account, None, mac, mac_local)
-            sig.head = head
-            login = Login(time, subscriber_id, True, reason, user_name, source, None, password)
-            login.station = station
-            for finding, subject in found:
-                self._act(sig, finding, subject, login)
-            return sig.encode()
+            return head + ',"fx":' + self._fix_text(fix) + "}"
         login = Login(  # positional, in field order
             time,
             subscriber_id,
@@ -456,22 +497,37 @@ class Detector:
         else:
             habits.move_to_end(account)
         seen = habit[_SEEN]
+        places = None
         if fix is not None:
             places = self._places.get(account)
-            f = rules.new_country(
-                places.countries if places is not None else (),
-                int(seen),
-                habit[_FIRST],
-                fix.country,
-                t,
-                s.new_country,
-            )
-            if f is not None:
-                found.append((f, account))
-            if places is not None and places.last_fix is not None:
-                f = rules.impossible_travel(places.last_fix, fix, s.impossible_travel)
+            # The country of the last login is never new: most logins skip the rule.
+            if places is None or places.recent is None or places.recent != fix.country:
+                recent = places.countries if places is not None else ()
+                f = rules.new_country(
+                    recent, int(seen), habit[_FIRST], fix.country, t, s.new_country
+                )
                 if f is not None:
                     found.append((f, account))
+            if places is not None and places.latitude is not None:
+                # The same coordinates again (a NAS location) are no distance at
+                # all, below any min_distance_km: the rule need not run.
+                same = (
+                    places.latitude == fix.latitude
+                    and places.longitude == fix.longitude
+                    and (places.accuracy_km or 0.0) >= 0.0
+                    and (fix.accuracy_km or 0.0) >= 0.0
+                )
+                if not same:
+                    prev = Fix(
+                        places.time,
+                        places.country,
+                        places.latitude,
+                        places.longitude,
+                        places.accuracy_km,
+                    )
+                    f = rules.impossible_travel(prev, fix, s.impossible_travel)
+                    if f is not None:
+                        found.append((f, account))
         slot = _HOURS + int(t // 3600) % 24
         uh = s.unusual_hour
         # Only a login in a rare hour can be unusual: an account with a
@@ -484,7 +540,7 @@ class Detector:
         habit[_SEEN] = seen + 1
         habit[slot] += 1
         if fix is not None:
-            self._remember(account, fix)
+            self._remember(account, places, fix)
         if mac is not None:
             if not mac_local:
                 am = s.account_many_devices
@@ -504,19 +560,31 @@ class Detector:
         # One failure beyond the threshold is enough to fire "more than max_failures".
         return deque(maxlen=self.settings.password_spray.max_failures + 1)
 
-    def _remember(self, account: bytes, fix: Fix) -> None:
-        """Add an accepted login's location to the account's places."""
-        if not fix.country and (fix.latitude is None or fix.longitude is None):
+    def _remember(self, account: bytes, places: _Places | None, fix: Fix) -> None:
+        """Add an accepted login's location to the account's ``places`` (made if None)."""
+        located = fix.latitude is not None and fix.longitude is not None
+        if not fix.country and not located:
             return
-        places = self._places.get(account)
         if places is None:
             places = self._places[account] = _Places()
-        if fix.country:
-            places.countries.append(fix.country)
-            while len(places.countries) > self.settings.new_country.history:
-                places.countries.popleft()
-        if fix.latitude is not None and fix.longitude is not None:
-            places.last_fix = fix
+        country = fix.country
+        if country:
+            history = self.settings.new_country.history
+            if country != places.recent:
+                places.recent = country
+                places.repeats = 0
+            if places.repeats < history:  # else all of them are this country already
+                places.repeats += 1
+                countries = places.countries
+                countries.append(country)
+                if len(countries) > history:
+                    countries.popleft()
+        if located:
+            places.time = fix.time
+            places.country = fix.country
+            places.latitude = fix.latitude
+            places.longitude = fix.longitude
+            places.accuracy_km = fix.accuracy_km
 
     def _act(
         self, sig: Signal, finding: Finding, subject: bytes, login: Login | None
