@@ -9,7 +9,8 @@ accounts) by its rule's window and its rule's threshold plus one (all the
 rule needs to fire); and the entries of all those lists together by
 ``max_entries``, the least recently used subject of the fullest map
 forgotten first. So memory stays bounded under any load, forged MACs and
-user names included (the containers are in detect/bounded.py). O(1)
+user names included (the containers are in detect/bounded.py, an
+account's habit and places in detect/habit.py). O(1)
 amortised per login: appends to bounded deques and dicts pruned from the
 front; a returning subscriber's keys are remembered, so its login costs no
 digest.
@@ -37,6 +38,7 @@ from typing import Final, Protocol
 
 from ispcare_radius.detect import rules
 from ispcare_radius.detect.bounded import Budget, Lists, Lru, Seen
+from ispcare_radius.detect.habit import FIRST, HOURS, SEEN, Places, hours_of, new_habit
 from ispcare_radius.detect.login import (
     FAILURE_REASONS,
     Flag,
@@ -93,48 +95,6 @@ _PlaceKey = tuple[str | None, float | None, float | None, float | None]
 _Identity = tuple[bytes, bytes | None, bool, str]
 
 
-class _Places:
-    """Where one account's accepted logins were: its recent countries, its last location.
-
-    Only for an account that has logged in from a known place. The last
-    location is kept as plain values, updated in place: a new object for
-    every located login would keep the garbage collector busy.
-    """
-
-    __slots__ = (
-        "accuracy_km",
-        "countries",
-        "country",
-        "latitude",
-        "longitude",
-        "recent",
-        "repeats",
-        "time",
-    )
-
-    def __init__(self) -> None:
-        self.countries: deque[str] = deque()
-        # The last country in ``countries`` and how many times it ends it: once
-        # it fills them, the same country again changes nothing (most logins).
-        self.recent: str | None = None
-        self.repeats = 0
-        self.time = 0.0
-        self.country: str | None = None
-        self.latitude: float | None = None  # None: no located login yet
-        self.longitude: float | None = None
-        self.accuracy_km: float | None = None
-
-
-# One account's accepted logins, as a flat array of doubles: when it was
-# first seen, how many logins, and how many in each UTC hour. An array,
-# not an object, so the garbage collector never walks the habits of every
-# account (it holds no references), and one allocation per new account.
-_FIRST: Final = 0
-_SEEN: Final = 1
-_HOURS: Final = 2
-_NEW_HABIT: Final = array("d", bytes((_HOURS + 24) * array("d").itemsize))
-
-
 class Detector:
     """Runs every rule on each login, emits flags to a sink, and keeps the holds.
 
@@ -154,7 +114,7 @@ class Detector:
         self._spray_failures: Lists[deque[float]] = Lists(n, budget)
         self._habits: Lru[bytes, array[float]] = Lru(n)
         # The places of accounts in ``_habits`` that have one (forgotten with the habit).
-        self._places: dict[bytes, _Places] = {}
+        self._places: dict[bytes, Places] = {}
         self._account_macs = Seen(n, budget)
         self._mac_accounts = Seen(n, budget)
         self._fired: Lru[tuple[Rule, str, bytes, int], bool] = Lru(n)
@@ -490,13 +450,12 @@ class Detector:
         habits = self._habits
         habit = habits.get(account)
         if habit is None:
-            habit = habits[account] = _NEW_HABIT[:]
-            habit[_FIRST] = t
+            habit = habits[account] = new_habit(t)
             if len(habits) > habits.limit:
                 self._places.pop(habits.popitem(last=False)[0], None)
         else:
             habits.move_to_end(account)
-        seen = habit[_SEEN]
+        seen = habit[SEEN]
         places = None
         if fix is not None:
             places = self._places.get(account)
@@ -504,43 +463,30 @@ class Detector:
             if places is None or places.recent is None or places.recent != fix.country:
                 recent = places.countries if places is not None else ()
                 f = rules.new_country(
-                    recent, int(seen), habit[_FIRST], fix.country, t, s.new_country
+                    recent, int(seen), habit[FIRST], fix.country, t, s.new_country
                 )
                 if f is not None:
                     found.append((f, account))
-            if places is not None and places.latitude is not None:
-                # The same coordinates again (a NAS location) are no distance at
-                # all, below any min_distance_km: the rule need not run.
-                same = (
-                    places.latitude == fix.latitude
-                    and places.longitude == fix.longitude
-                    and (places.accuracy_km or 0.0) >= 0.0
-                    and (fix.accuracy_km or 0.0) >= 0.0
-                )
-                if not same:
-                    prev = Fix(
-                        places.time,
-                        places.country,
-                        places.latitude,
-                        places.longitude,
-                        places.accuracy_km,
-                    )
-                    f = rules.impossible_travel(prev, fix, s.impossible_travel)
-                    if f is not None:
-                        found.append((f, account))
-        slot = _HOURS + int(t // 3600) % 24
+            prev = places.travel_from(fix) if places is not None else None
+            if prev is not None:
+                f = rules.impossible_travel(prev, fix, s.impossible_travel)
+                if f is not None:
+                    found.append((f, account))
+        slot = HOURS + int(t // 3600) % 24  # this login's UTC hour in the habit
         uh = s.unusual_hour
         # Only a login in a rare hour can be unusual: an account with a
         # habit seldom is, so the rule runs only when it may fire.
         if seen >= uh.min_history and habit[slot] <= uh.max_share * seen:
-            hours = [int(n) for n in habit[_HOURS:]]
-            f = rules.unusual_hour(hours, slot - _HOURS, uh, int(seen))
+            f = rules.unusual_hour(hours_of(habit), slot - HOURS, uh, int(seen))
             if f is not None:
                 found.append((f, account))
-        habit[_SEEN] = seen + 1
+        habit[SEEN] = seen + 1
         habit[slot] += 1
         if fix is not None:
-            self._remember(account, places, fix)
+            if places is None and (fix.country or None not in (fix.latitude, fix.longitude)):
+                places = self._places[account] = Places()
+            if places is not None:
+                places.remember(fix, s.new_country.history)
         if mac is not None:
             if not mac_local:
                 am = s.account_many_devices
@@ -559,32 +505,6 @@ class Detector:
     def _new_day(self) -> deque[float]:
         # One failure beyond the threshold is enough to fire "more than max_failures".
         return deque(maxlen=self.settings.password_spray.max_failures + 1)
-
-    def _remember(self, account: bytes, places: _Places | None, fix: Fix) -> None:
-        """Add an accepted login's location to the account's ``places`` (made if None)."""
-        located = fix.latitude is not None and fix.longitude is not None
-        if not fix.country and not located:
-            return
-        if places is None:
-            places = self._places[account] = _Places()
-        country = fix.country
-        if country:
-            history = self.settings.new_country.history
-            if country != places.recent:
-                places.recent = country
-                places.repeats = 0
-            if places.repeats < history:  # else all of them are this country already
-                places.repeats += 1
-                countries = places.countries
-                countries.append(country)
-                if len(countries) > history:
-                    countries.popleft()
-        if located:
-            places.time = fix.time
-            places.country = fix.country
-            places.latitude = fix.latitude
-            places.longitude = fix.longitude
-            places.accuracy_km = fix.accuracy_km
 
     def _act(
         self, sig: Signal, finding: Finding, subject: bytes, login: Login | None

@@ -1,0 +1,105 @@
+"""What the detector keeps of one account's accepted logins: its habit and its places.
+
+Plain containers, no keys, rules or I/O (detect/state.py uses them). Made
+for every new account and updated on every accepted login, so they hold
+plain values and are changed in place: nothing is allocated per login that
+the garbage collector would then have to walk.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+from typing import Final
+
+from ispcare_radius.detect.rules import Fix
+
+# A habit is a flat array of doubles: when the account was first seen, how
+# many logins it had, and how many in each UTC hour. An array, not an
+# object: the garbage collector never walks it (it holds no references),
+# and it is one allocation per new account.
+FIRST: Final = 0
+SEEN: Final = 1
+HOURS: Final = 2
+_EMPTY: Final = array("d", bytes((HOURS + 24) * array("d").itemsize))
+
+
+def new_habit(first: float) -> array[float]:
+    """The habit of an account first seen at ``first``, with no login counted."""
+    habit = _EMPTY[:]
+    habit[FIRST] = first
+    return habit
+
+
+def hours_of(habit: array[float]) -> list[int]:
+    """The logins per UTC hour, for the unusual-hour rule."""
+    return [int(n) for n in habit[HOURS:]]
+
+
+class Places:
+    """Where one account's accepted logins were: its recent countries, its last location.
+
+    Only for an account that has logged in from a known place. The last
+    location is kept as plain values, updated in place.
+    """
+
+    __slots__ = (
+        "accuracy_km",
+        "countries",
+        "country",
+        "latitude",
+        "longitude",
+        "recent",
+        "repeats",
+        "time",
+    )
+
+    def __init__(self) -> None:
+        self.countries: deque[str] = deque()
+        # The last country in ``countries`` and how many times it ends it: once
+        # it fills them, the same country again changes nothing (most logins).
+        self.recent: str | None = None
+        self.repeats = 0
+        self.time = 0.0
+        self.country: str | None = None
+        self.latitude: float | None = None  # None: no located login yet
+        self.longitude: float | None = None
+        self.accuracy_km: float | None = None
+
+    def travel_from(self, fix: Fix) -> Fix | None:
+        """The last location, if the impossible-travel rule must compare ``fix`` with it.
+
+        None without a last location, or at the very same coordinates (a NAS
+        location again): no distance at all, below any ``min_distance_km``
+        (settings require it positive).
+        """
+        if self.latitude is None:
+            return None
+        if (
+            self.latitude == fix.latitude
+            and self.longitude == fix.longitude
+            and (self.accuracy_km or 0.0) >= 0.0
+            and (fix.accuracy_km or 0.0) >= 0.0
+        ):
+            return None
+        return Fix(self.time, self.country, self.latitude, self.longitude, self.accuracy_km)
+
+    def remember(self, fix: Fix, history: int) -> None:
+        """Add an accepted login's location; ``history`` countries are kept."""
+        country = fix.country
+        if country:
+            if country != self.recent:
+                self.recent = country
+                self.repeats = 0
+            if self.repeats < history:  # else all of them are this country already
+                self.repeats += 1
+                countries = self.countries
+                countries.append(country)
+                if len(countries) > history:
+                    countries.popleft()
+        if fix.latitude is not None and fix.longitude is not None:
+            self.time = fix.time
+            self.country = fix.country
+            self.latitude = fix.latitude
+            self.longitude = fix.longitude
+            self.accuracy_km = fix.accuracy_km
