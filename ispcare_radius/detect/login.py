@@ -94,17 +94,8 @@ class Signal:
         integers need no escaping (the location goes through ``json``).
         """
         head = self.head or keys_text(self.account, self.mac, self.mac_local)
-        if self.source is None and self.password is None and self.fix is None:
-            return head + "}"  # an accepted login without a location: most of them
-        parts = [head]
-        if self.source is not None:
-            parts.append(f',"s":"{self.source.hex()}"')
-        if self.password is not None:
-            parts.append(f',"p":{self.password}')
-        if self.fix is not None:
-            parts.append(',"fx":' + fix_text(self.fix))
-        parts.append("}")
-        return "".join(parts)
+        fx = None if self.fix is None else fix_text(self.fix)
+        return signal_text(head, self.source, self.password, fx)
 
     @classmethod
     def decode(
@@ -165,6 +156,22 @@ def _fx(fix: Fix) -> list[Any]:
 def fix_text(fix: Fix) -> str:
     """``Signal.encode``'s text for a location (compact JSON of ``row()["fx"]``)."""
     return _COMPACT.encode(_fx(fix))
+
+
+def signal_text(head: str, source: bytes | None, password: int | None, fx: str | None) -> str:
+    """``Signal.encode``'s text from its parts: ``keys_text``, the source and
+    password keys, and ``fix_text`` of the location."""
+    if source is None and password is None and fx is None:
+        return head + "}"  # an accepted login without a location: most of them
+    parts = [head]
+    if source is not None:
+        parts.append(f',"s":"{source.hex()}"')
+    if password is not None:
+        parts.append(f',"p":{password}')
+    if fx is not None:
+        parts.append(',"fx":' + fx)
+    parts.append("}")
+    return "".join(parts)
 
 
 def keys_text(account: bytes, mac: bytes | None, mac_local: bool) -> str:

@@ -48,6 +48,7 @@ from ispcare_radius.detect.login import (
     fix_text,
     is_locally_administered,
     keys_text,
+    signal_text,
     source_text,
 )
 from ispcare_radius.detect.rules import Finding, Fix, Place
@@ -335,6 +336,7 @@ class Detector:
         builds neither a ``Login`` nor a ``Signal`` unless a rule fires on
         it. Any other login goes through ``observe``.
         """
+        sig = None
         if (
             accepted
             and subscriber_id is not None
@@ -347,18 +349,13 @@ class Detector:
             fix = self._fix(place, time) if place is not None else None
             found: list[tuple[Finding, bytes]] = []
             self._accepted(account, time, fix, mac, mac_local, found)
-            if found:
-                sig = Signal(time, subscriber_id, True, reason, account, None, mac, mac_local)
-                sig.fix = fix
-                sig.head = head
-                login = Login(time, subscriber_id, True, reason, user_name, source, None, password)
-                login.place = place
-                login.station = station
-                for finding, subject in found:
-                    self._act(sig, finding, subject, login)
-            if fix is None:
-                return head + "}"
-            return head + ',"fx":' + self._fix_text(fix) + "}"
+            if not found:
+                fx = None if fix is None else self._fix_text(fix)
+                return signal_text(head, None, None, fx)
+            sig = Signal(  # positional, in field order
+                time, subscriber_id, True, reason, account, None, mac, mac_local, None, fix
+            )
+            sig.head = head
         login = Login(  # positional, in field order
             time,
             subscriber_id,
@@ -372,7 +369,11 @@ class Detector:
             over_limit,
             station,
         )
-        return self.observe(login, parse_mac).encode()
+        if sig is None:
+            return self.observe(login, parse_mac).encode()
+        for finding, subject in found:  # a rule fired on an accepted login
+            self._act(sig, finding, subject, login)
+        return sig.encode()
 
     def replay(self, signals: Iterable[Signal]) -> int:
         """Rebuild history from stored signals, oldest first; returns how many.
