@@ -1,7 +1,8 @@
 """Bounded maps for the detector's state.
 
-An LRU, and per-subject collections (LRUs themselves) whose entries are
-counted against one shared budget, so memory stays bounded under any load.
+An LRU, and per-subject collections (LRUs, or second-chance maps for the
+ones every accepted login updates) whose entries are counted against one
+shared budget, so memory stays bounded under any load.
 Plain containers: no keys, rules or I/O (detect/state.py uses them).
 """
 
@@ -97,7 +98,38 @@ class Lists(OrderedDict[bytes, _L], Generic[_L]):
 
 
 class Seen(Lists[dict[bytes, float]]):
-    """Per subject, the keys seen with it inside a window: when each was last seen."""
+    """Per subject, the keys seen with it inside a window: when each was last seen.
+
+    Most logins see a subject again with the key it already holds (a MAC
+    with its one account): that costs one lookup and one store, with no
+    reordering. Recency is judged when a subject must be forgotten instead
+    (second chance, as in the CLOCK page-replacement algorithm): the subject
+    at the front goes, unless a key was seen with it since it was put
+    there; then it goes to the back once, and the next is judged. The
+    subject just recorded is never the one forgotten to make room for it.
+    So the subject forgotten is one not seen for at least a whole turn of
+    the map, every login costs O(1) amortised, and the map stays bounded.
+    """
+
+    def __init__(self, limit: int, budget: Budget) -> None:
+        super().__init__(limit, budget)
+        # When each subject was put at the back: the time of its newest key then.
+        self._placed: dict[bytes, float] = {}
+
+    def forget_oldest(self, keep: bytes | None = None) -> None:
+        """Forget the first subject not seen since it was put at the back, other than ``keep``."""
+        placed = self._placed
+        while True:
+            subject, seen = self.popitem(last=False)
+            at = placed.pop(subject)
+            newest = next(reversed(seen.values()))
+            if newest > at or subject == keep:  # one more turn
+                self[subject] = seen
+                placed[subject] = newest
+                continue
+            self.entries -= len(seen)
+            self._budget.entries -= len(seen)
+            return
 
     def touch(
         self, subject: bytes, key: bytes, now: float, window: float, cap: int
@@ -111,17 +143,19 @@ class Seen(Lists[dict[bytes, float]]):
         ``cap`` is the rule's threshold plus one: a "more than N" rule fires
         with N + 1 keys inside the window, so keeping more would only cost
         memory. The oldest key goes first, so the newest N + 1 are always
-        kept. Each subject's keys are a plain dict (insertion ordered,
-        cheaper to make than an OrderedDict): most only ever hold one.
+        kept, and the last key of the dict is the newest (what
+        ``forget_oldest`` judges). Each subject's keys are a plain dict
+        (insertion ordered, cheaper to make than an OrderedDict): most only
+        ever hold one.
         """
         seen = self.get(subject)
         if seen is None:
             seen = self[subject] = {key: now}
+            self._placed[subject] = now
             while len(self) > self.limit:
-                self.forget_oldest()
+                self.forget_oldest(subject)
             self.resized(0, 1)
             return seen
-        self.move_to_end(subject)
         before = len(seen)
         if before == 1 and key in seen:
             seen[key] = now  # seen again, alone: nothing to prune (most calls)

@@ -15,25 +15,32 @@ from typing import Final
 from ispcare_radius.detect.rules import Fix
 
 # A habit is a flat array of doubles: when the account was first seen, how
-# many logins it had, and how many in each UTC hour. An array, not an
-# object: the garbage collector never walks it (it holds no references),
-# and it is one allocation per new account.
+# many logins it had, how many in each UTC hour, and how many it had when it
+# was last put at the back of the detector's map of habits (its recency:
+# see ``Detector._forget_habit``). An array, not an object: the garbage
+# collector never walks it (it holds no references), and it is one
+# allocation per new account.
 FIRST: Final = 0
 SEEN: Final = 1
 HOURS: Final = 2
-_EMPTY: Final = array("d", bytes((HOURS + 24) * array("d").itemsize))
+PLACED: Final = HOURS + 24
+_EMPTY: Final = array("d", bytes((PLACED + 1) * array("d").itemsize))
 
 
 def new_habit(first: float) -> array[float]:
-    """The habit of an account first seen at ``first``, with no login counted."""
+    """The habit of an account first seen at ``first``, with no login counted.
+
+    Placed as of its first login, which the caller counts next.
+    """
     habit = _EMPTY[:]
     habit[FIRST] = first
+    habit[PLACED] = 1.0
     return habit
 
 
 def hours_of(habit: array[float]) -> list[int]:
     """The logins per UTC hour, for the unusual-hour rule."""
-    return [int(n) for n in habit[HOURS:]]
+    return [int(n) for n in habit[HOURS:PLACED]]
 
 
 class Places:

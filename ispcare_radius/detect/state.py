@@ -3,13 +3,16 @@
 Owns no I/O and no clock (time comes with each login). Subjects (account,
 source, MAC) are keyed by keyed digests from a ``Keyer`` the composition
 root builds on a blind-index key: a raw user name, MAC or address never
-becomes a dict key here. Every map is an LRU bounded by
-``max_subjects``; each subject's list (failures, user names, MACs,
-accounts) by its rule's window and its rule's threshold plus one (all the
-rule needs to fire); and the entries of all those lists together by
-``max_entries``, the least recently used subject of the fullest map
-forgotten first. So memory stays bounded under any load, forged MACs and
-user names included (the containers are in detect/bounded.py, an
+becomes a dict key here. Every map is bounded by ``max_subjects``: the
+failure lists and holds are LRUs; the maps an accepted login updates
+(habits, an account's MACs, a MAC's accounts, a source's names) forget by
+second chance (a subject not seen for a whole turn of its map), so an
+accepted login reorders nothing. Each subject's list (failures, user
+names, MACs, accounts) is bounded by its rule's window and its rule's
+threshold plus one (all the rule needs to fire); and the entries of all
+those lists together by ``max_entries``, the fullest map forgetting
+first. So memory stays bounded under any load, forged MACs and user names
+included (the containers are in detect/bounded.py, an
 account's habit and places in detect/habit.py). O(1)
 amortised per login: appends to bounded deques and dicts pruned from the
 front; a returning subscriber's keys are remembered, so its login costs no
@@ -31,14 +34,14 @@ its quiet period has passed anew).
 from __future__ import annotations
 
 from array import array
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Final, Protocol
 
 from ispcare_radius.detect import rules
 from ispcare_radius.detect.bounded import Budget, Lists, Lru, Seen
-from ispcare_radius.detect.habit import FIRST, HOURS, SEEN, Places, hours_of, new_habit
+from ispcare_radius.detect.habit import FIRST, HOURS, PLACED, SEEN, Places, hours_of, new_habit
 from ispcare_radius.detect.login import (
     FAILURE_REASONS,
     Flag,
@@ -113,7 +116,9 @@ class Detector:
         self._failures: Lists[deque[tuple[float, int | None]]] = Lists(n, budget)
         self._spray_names = Seen(n, budget)
         self._spray_failures: Lists[deque[float]] = Lists(n, budget)
-        self._habits: Lru[bytes, array[float]] = Lru(n)
+        # Each account's habit, oldest placed first (``_forget_habit``).
+        self._habits: OrderedDict[bytes, array[float]] = OrderedDict()
+        self._habits_limit = n
         # The places of accounts in ``_habits`` that have one (forgotten with the habit).
         self._places: dict[bytes, Places] = {}
         self._account_macs = Seen(n, budget)
@@ -452,10 +457,8 @@ class Detector:
         habit = habits.get(account)
         if habit is None:
             habit = habits[account] = new_habit(t)
-            if len(habits) > habits.limit:
-                self._places.pop(habits.popitem(last=False)[0], None)
-        else:
-            habits.move_to_end(account)
+            if len(habits) > self._habits_limit:
+                self._forget_habit(account)
         seen = habit[SEEN]
         places = None
         if fix is not None:
@@ -498,6 +501,25 @@ class Detector:
             accounts = self._mac_accounts.touch(mac, account, t, dm.window, dm.max_accounts + 1)
             if len(accounts) > dm.max_accounts and (f := rules.device_many_accounts(accounts, dm)):
                 found.append((f, mac))
+
+    def _forget_habit(self, keep: bytes) -> None:
+        """Forget one habit (and its places) other than ``keep``'s, the one just made:
+        one that counted no login for a whole turn of the map.
+
+        Second chance, as ``Seen`` does: the habit at the front goes unless
+        it counted a login since it was put there; then it goes to the back
+        once, and the next is judged. An accepted login only counts itself
+        in its habit; nothing is reordered on the way.
+        """
+        habits = self._habits
+        while True:
+            account, habit = habits.popitem(last=False)
+            if habit[SEEN] > habit[PLACED] or account == keep:
+                habit[PLACED] = habit[SEEN]
+                habits[account] = habit
+                continue
+            self._places.pop(account, None)
+            return
 
     def _new_failures(self) -> deque[tuple[float, int | None]]:
         # The longer brute-force rule looks back this many failures: no more is kept.

@@ -1,0 +1,78 @@
+"""The detector's bounded maps: what the second-chance maps forget, and when."""
+
+from __future__ import annotations
+
+from ispcare_radius.detect.bounded import Budget, Seen
+from ispcare_radius.detect.habit import SEEN
+from ispcare_radius.detect.login import Login
+from tests.test_detect_rules import T0, _detector
+
+WINDOW = 3600.0
+
+
+def _seen(limit: int) -> Seen:
+    return Seen(limit, Budget(1_000_000))
+
+
+def test_a_subject_seen_since_it_was_placed_outlives_one_that_was_not() -> None:
+    """Limit 2: A and B, then A again; a new subject C makes room by forgetting
+    B (not seen for a whole turn), as an LRU would."""
+    seen = _seen(2)
+    seen.touch(b"A", b"k1", T0, WINDOW, 5)
+    seen.touch(b"B", b"k1", T0 + 1, WINDOW, 5)
+    seen.touch(b"A", b"k1", T0 + 2, WINDOW, 5)
+    seen.touch(b"C", b"k1", T0 + 3, WINDOW, 5)
+    assert set(seen) == {b"A", b"C"}
+    assert seen.entries == 2
+
+
+def test_a_new_subject_has_its_turn() -> None:
+    """Limit 1: the subject just recorded stays, the older one goes, even though
+    the older one was seen since it was placed."""
+    seen = _seen(1)
+    seen.touch(b"A", b"k1", T0, WINDOW, 5)
+    seen.touch(b"A", b"k2", T0 + 1, WINDOW, 5)
+    seen.touch(b"B", b"k1", T0 + 2, WINDOW, 5)
+    assert list(seen) == [b"B"]
+    assert seen.entries == 1
+
+
+def test_a_subject_seen_every_turn_survives_a_flood_of_new_ones() -> None:
+    """A MAC seen again between forged ones is never forgotten; the map stays
+    at its limit, and a subject not seen again is forgotten within a turn."""
+    seen = _seen(4)
+    seen.touch(b"kept", b"k", T0, WINDOW, 5)
+    seen.touch(b"once", b"k", T0, WINDOW, 5)
+    for i in range(200):
+        seen.touch(b"forged-%d" % i, b"k", T0 + 1 + i, WINDOW, 5)
+        seen.touch(b"kept", b"k", T0 + 1 + i, WINDOW, 5)
+        assert len(seen) <= 4 and len(seen._placed) == len(seen)
+        assert b"kept" in seen
+    assert b"once" not in seen
+    assert seen.entries == len(seen)
+
+
+def _accept(t: float, user: str, sid: int) -> Login:
+    return Login(
+        time=t,
+        subscriber_id=sid,
+        accepted=True,
+        reason="accept",
+        user_name=user,
+        calling_station_id=None,
+        mac=None,
+    )
+
+
+def test_a_habit_counting_logins_survives_new_accounts_past_the_limit() -> None:
+    """max_subjects 3: an account logging in between 50 new accounts keeps its
+    habit (every login counted); the habits stay at the limit."""
+    det, _ = _detector(max_subjects=3)
+    for i in range(50):
+        det.observe(_accept(T0 + 2 * i, f"new-{i}", 100 + i))
+        det.observe(_accept(T0 + 2 * i + 1, "regular", 7))
+        assert len(det._habits) <= 3
+    account = det.signal(_accept(T0 + 200, "regular", 7)).account
+    assert det._habits[account][SEEN] == 50
+    first = det.signal(_accept(T0, "new-0", 100)).account
+    assert first not in det._habits
