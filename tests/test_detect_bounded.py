@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from ispcare_radius.detect.bounded import Budget, Seen
+import pytest
+
+from ispcare_radius.detect.bounded import Budget, Seen, Turns
 from ispcare_radius.detect.habit import SEEN
 from ispcare_radius.detect.login import Login
 from tests.test_detect_rules import T0, _detector
 
 WINDOW = 3600.0
+A, B, C = b"subjectA", b"subjectB", b"subjectC"
+K1, K2 = b"key....1", b"key....2"
 
 
 def _seen(limit: int) -> Seen:
@@ -18,11 +22,11 @@ def test_a_subject_seen_since_it_was_placed_outlives_one_that_was_not() -> None:
     """Limit 2: A and B, then A again; a new subject C makes room by forgetting
     B (not seen for a whole turn), as an LRU would."""
     seen = _seen(2)
-    seen.touch(b"A", b"k1", T0, WINDOW, 5)
-    seen.touch(b"B", b"k1", T0 + 1, WINDOW, 5)
-    seen.touch(b"A", b"k1", T0 + 2, WINDOW, 5)
-    seen.touch(b"C", b"k1", T0 + 3, WINDOW, 5)
-    assert set(seen) == {b"A", b"C"}
+    seen.touch(A, K1, T0, WINDOW, 5)
+    seen.touch(B, K1, T0 + 1, WINDOW, 5)
+    seen.touch(A, K1, T0 + 2, WINDOW, 5)
+    seen.touch(C, K1, T0 + 3, WINDOW, 5)
+    assert set(seen) == {A, C}
     assert seen.entries == 2
 
 
@@ -30,10 +34,10 @@ def test_a_new_subject_has_its_turn() -> None:
     """Limit 1: the subject just recorded stays, the older one goes, even though
     the older one was seen since it was placed."""
     seen = _seen(1)
-    seen.touch(b"A", b"k1", T0, WINDOW, 5)
-    seen.touch(b"A", b"k2", T0 + 1, WINDOW, 5)
-    seen.touch(b"B", b"k1", T0 + 2, WINDOW, 5)
-    assert list(seen) == [b"B"]
+    seen.touch(A, K1, T0, WINDOW, 5)
+    seen.touch(A, K2, T0 + 1, WINDOW, 5)
+    seen.touch(B, K1, T0 + 2, WINDOW, 5)
+    assert list(seen) == [B]
     assert seen.entries == 1
 
 
@@ -41,14 +45,14 @@ def test_a_subject_seen_every_turn_survives_a_flood_of_new_ones() -> None:
     """A MAC seen again between forged ones is never forgotten; the map stays
     at its limit, and a subject not seen again is forgotten within a turn."""
     seen = _seen(4)
-    seen.touch(b"kept", b"k", T0, WINDOW, 5)
-    seen.touch(b"once", b"k", T0, WINDOW, 5)
+    seen.touch(b"kept....", K1, T0, WINDOW, 5)
+    seen.touch(b"once....", K1, T0, WINDOW, 5)
     for i in range(200):
-        seen.touch(b"forged-%d" % i, b"k", T0 + 1 + i, WINDOW, 5)
-        seen.touch(b"kept", b"k", T0 + 1 + i, WINDOW, 5)
-        assert len(seen) <= 4 and len(seen._placed) == len(seen)
-        assert b"kept" in seen
-    assert b"once" not in seen
+        seen.touch(b"forged%02x" % i, K1, T0 + 1 + i, WINDOW, 5)
+        seen.touch(b"kept....", K1, T0 + 1 + i, WINDOW, 5)
+        assert len(seen) <= 4 and len(seen._turns) == len(seen)
+        assert b"kept...." in seen
+    assert b"once...." not in seen
     assert seen.entries == len(seen)
 
 
@@ -76,3 +80,23 @@ def test_a_habit_counting_logins_survives_new_accounts_past_the_limit() -> None:
     assert det._habits[account][SEEN] == 50
     first = det.signal(_accept(T0, "new-0", 100)).account
     assert first not in det._habits
+
+
+def test_turns_keep_their_order_across_growth_and_wrap_around() -> None:
+    """A FIFO of (key, stamp): order kept while it wraps and doubles; keys of
+    another width refused; popping an empty queue raises."""
+    turns = Turns(8)
+    expected: list[tuple[bytes, float]] = []
+    for i in range(1000):
+        item = (b"%08d" % i, float(i))
+        turns.push(*item)
+        expected.append(item)
+        if i % 3 == 0:  # take some off the front, so the buffer wraps before it grows
+            assert turns.pop() == expected.pop(0)
+        assert len(turns) == len(expected)
+    while expected:
+        assert turns.pop() == expected.pop(0)
+    with pytest.raises(IndexError):
+        turns.pop()
+    with pytest.raises(ValueError):
+        turns.push(b"short", 1.0)

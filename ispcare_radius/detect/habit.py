@@ -15,32 +15,25 @@ from typing import Final
 from ispcare_radius.detect.rules import Fix
 
 # A habit is a flat array of doubles: when the account was first seen, how
-# many logins it had, how many in each UTC hour, and how many it had when it
-# was last put at the back of the detector's map of habits (its recency:
-# see ``Detector._forget_habit``). An array, not an object: the garbage
-# collector never walks it (it holds no references), and it is one
+# many logins it had, and how many in each UTC hour. An array, not an
+# object: no reference inside for the garbage collector to follow, and one
 # allocation per new account.
 FIRST: Final = 0
 SEEN: Final = 1
 HOURS: Final = 2
-PLACED: Final = HOURS + 24
-_EMPTY: Final = array("d", bytes((PLACED + 1) * array("d").itemsize))
+_EMPTY: Final = array("d", bytes((HOURS + 24) * array("d").itemsize))
 
 
 def new_habit(first: float) -> array[float]:
-    """The habit of an account first seen at ``first``, with no login counted.
-
-    Placed as of its first login, which the caller counts next.
-    """
+    """The habit of an account first seen at ``first``, with no login counted."""
     habit = _EMPTY[:]
     habit[FIRST] = first
-    habit[PLACED] = 1.0
     return habit
 
 
 def hours_of(habit: array[float]) -> list[int]:
     """The logins per UTC hour, for the unusual-hour rule."""
-    return [int(n) for n in habit[HOURS:PLACED]]
+    return [int(n) for n in habit[HOURS:]]
 
 
 class Places:

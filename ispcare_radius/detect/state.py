@@ -34,14 +34,14 @@ its quiet period has passed anew).
 from __future__ import annotations
 
 from array import array
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Final, Protocol
 
 from ispcare_radius.detect import rules
-from ispcare_radius.detect.bounded import Budget, Lists, Lru, Seen
-from ispcare_radius.detect.habit import FIRST, HOURS, PLACED, SEEN, Places, hours_of, new_habit
+from ispcare_radius.detect.bounded import Budget, Lists, Lru, Seen, Turns
+from ispcare_radius.detect.habit import FIRST, HOURS, SEEN, Places, hours_of, new_habit
 from ispcare_radius.detect.login import (
     FAILURE_REASONS,
     Flag,
@@ -116,8 +116,10 @@ class Detector:
         self._failures: Lists[deque[tuple[float, int | None]]] = Lists(n, budget)
         self._spray_names = Seen(n, budget)
         self._spray_failures: Lists[deque[float]] = Lists(n, budget)
-        # Each account's habit, oldest placed first (``_forget_habit``).
-        self._habits: OrderedDict[bytes, array[float]] = OrderedDict()
+        # Each account's habit, and the accounts in turn to be forgotten
+        # (``_forget_habit``), stamped with their login count when queued.
+        self._habits: dict[bytes, array[float]] = {}
+        self._habit_turns = Turns(KEY_BYTES)
         self._habits_limit = n
         # The places of accounts in ``_habits`` that have one (forgotten with the habit).
         self._places: dict[bytes, Places] = {}
@@ -457,6 +459,7 @@ class Detector:
         habit = habits.get(account)
         if habit is None:
             habit = habits[account] = new_habit(t)
+            self._habit_turns.push(account, 1.0)  # as of the login counted below
             if len(habits) > self._habits_limit:
                 self._forget_habit(account)
         seen = habit[SEEN]
@@ -506,18 +509,20 @@ class Detector:
         """Forget one habit (and its places) other than ``keep``'s, the one just made:
         one that counted no login for a whole turn of the map.
 
-        Second chance, as ``Seen`` does: the habit at the front goes unless
-        it counted a login since it was put there; then it goes to the back
-        once, and the next is judged. An accepted login only counts itself
-        in its habit; nothing is reordered on the way.
+        Second chance, as ``Seen`` does: the habit at the front of the turns
+        goes unless it counted a login since it was queued; then it goes to
+        the back once, and the next is judged. An accepted login only counts
+        itself in its habit; nothing is reordered on the way.
         """
         habits = self._habits
+        turns = self._habit_turns
         while True:
-            account, habit = habits.popitem(last=False)
-            if habit[SEEN] > habit[PLACED] or account == keep:
-                habit[PLACED] = habit[SEEN]
-                habits[account] = habit
+            account, queued = turns.pop()
+            seen = habits[account][SEEN]
+            if seen > queued or account == keep:
+                turns.push(account, max(seen, queued))
                 continue
+            del habits[account]
             self._places.pop(account, None)
             return
 
