@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import random
+from dataclasses import replace
+
 import pytest
 
 from ispcare_radius.detect.bounded import Budget, Seen, Turns
 from ispcare_radius.detect.habit import SEEN
 from ispcare_radius.detect.login import Login
-from tests.test_detect_rules import T0, _detector
+from ispcare_radius.detect.settings import (
+    AccountManyDevices,
+    BruteForce,
+    DetectSettings,
+    DeviceManyAccounts,
+    Mode,
+    PasswordSpray,
+)
+from ispcare_radius.detect.state import Detector
+from tests.test_detect_rules import T0, Sink, _detector, _parse_mac, keyer
 
 WINDOW = 3600.0
 A, B, C = b"subjectA", b"subjectB", b"subjectC"
@@ -100,3 +112,48 @@ def test_turns_keep_their_order_across_growth_and_wrap_around() -> None:
         turns.pop()
     with pytest.raises(ValueError):
         turns.push(b"short", 1.0)
+
+
+def _state(det: Detector) -> tuple[object, ...]:
+    return (
+        {k: list(v) for k, v in det._habits.items()},
+        dict(det._mac_accounts.items()),
+        dict(det._account_macs.items()),
+        det.entries,
+    )
+
+
+@pytest.mark.parametrize("limit", [2, 3, 5])
+@pytest.mark.parametrize("tight_budget", [False, True])
+def test_state_a_remembered_subscriber_found_is_the_state_in_the_maps(
+    limit: int, tight_budget: bool
+) -> None:
+    """``see`` reuses the habit and MAC maps its subscriber record found last
+    time; with maps so small that they forget all the time (records outliving
+    what they found), and with the smallest entry budget (a touch may forget
+    its own subject), every login leaves the detector exactly as ``observe``
+    (which never reuses anything) leaves it."""
+    settings = DetectSettings(
+        mode=Mode.ENFORCE,
+        max_subjects=limit,
+        brute_force=BruteForce(short_count=2, long_count=3),
+        password_spray=PasswordSpray(max_names=2, max_failures=2),
+        device_many_accounts=DeviceManyAccounts(max_accounts=limit + 2),
+        account_many_devices=AccountManyDevices(max_devices=limit + 2),
+    )
+    if tight_budget:
+        settings = replace(settings, max_entries=settings.largest_list())
+    by_see, by_observe = Detector(settings, keyer, Sink()), Detector(settings, keyer, Sink())
+    rnd = random.Random(limit)
+    for i in range(3000):
+        user = f"user-{rnd.randrange(limit + 3)}"
+        sid = 100 + int(user[5:])
+        station = b"00-1B-00-00-00-%02X" % rnd.randrange(2 * limit + 2)
+        ok = rnd.random() < 0.8
+        reason = "accept" if ok else "bad_password"
+        t = T0 + i * 60.0
+        login = Login(t, sid, ok, reason, user, None, None, b"pw", None, False, station)
+        expected = by_observe.observe(login, _parse_mac).encode()
+        got = by_see.see(t, sid, ok, reason, user, None, b"pw", None, False, station, _parse_mac)
+        assert got == expected
+        assert _state(by_see) == _state(by_observe), i

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sized, ValuesView
+from collections.abc import Callable, ItemsView, Iterator, Sized, ValuesView
 from typing import Any, Generic, TypeVar
 
 _K = TypeVar("_K")
@@ -173,11 +173,12 @@ class Seen:
     amortised, and the map stays bounded.
     """
 
-    __slots__ = ("_budget", "_keys", "_turns", "entries", "limit")
+    __slots__ = ("_budget", "_keys", "_turns", "entries", "forgotten", "limit")
 
     def __init__(self, limit: int, budget: Budget, width: int = 8) -> None:
         self.limit = limit
         self.entries = 0
+        self.forgotten = 0  # subjects forgotten so far: a subject's keys found since are current
         self._budget = budget
         self._keys: dict[bytes, dict[bytes, float]] = {}
         # Each subject once, stamped with the time of its newest key when queued.
@@ -199,6 +200,9 @@ class Seen:
     def values(self) -> ValuesView[dict[bytes, float]]:
         return self._keys.values()
 
+    def items(self) -> ItemsView[bytes, dict[bytes, float]]:
+        return self._keys.items()
+
     def forget_oldest(self, keep: bytes | None = None) -> None:
         """Forget the first subject not seen since it was queued, other than ``keep``."""
         keys = self._keys
@@ -211,6 +215,7 @@ class Seen:
                 turns.push(subject, newest)
                 continue
             del keys[subject]
+            self.forgotten += 1
             self._budget.grew(self, -len(seen))
             return
 
@@ -250,3 +255,27 @@ class Seen:
             del seen[next(iter(seen))]
         self._budget.grew(self, len(seen) - before)
         return seen
+
+    def touch_from(
+        self,
+        seen: dict[bytes, float] | None,
+        at: int,
+        subject: bytes,
+        key: bytes,
+        now: float,
+        window: float,
+        cap: int,
+    ) -> tuple[dict[bytes, float], int]:
+        """``touch``, given ``subject``'s keys as found when ``forgotten`` was ``at``.
+
+        While nothing has been forgotten since, they are the subject's keys:
+        seen again with its one key, the subject costs no lookup. Returns the
+        keys and the count to find them with next time (-1 if they may have
+        been forgotten by this very touch).
+        """
+        if seen is not None and at == self.forgotten and len(seen) == 1 and key in seen:
+            seen[key] = now
+            return seen, at
+        before = self.forgotten
+        seen = self.touch(subject, key, now, window, cap)
+        return seen, before if self.forgotten == before else -1

@@ -1,4 +1,5 @@
-"""What the detector keeps of one account's accepted logins: its habit and its places.
+"""What the detector keeps of one account's accepted logins: its habit and its places,
+and the bounded map of them (``Habits``).
 
 Plain containers, no keys, rules or I/O (detect/state.py uses them). Made
 for every new account and updated on every accepted login, so they hold
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
+from collections.abc import ItemsView
 from typing import Final
 
+from ispcare_radius.detect.bounded import Turns
 from ispcare_radius.detect.rules import Fix
 
 # A habit is a flat array of doubles: when the account was first seen, how
@@ -103,3 +106,64 @@ class Places:
             self.latitude = fix.latitude
             self.longitude = fix.longitude
             self.accuracy_km = fix.accuracy_km
+
+
+class Habits:
+    """Each account's habit, at most ``limit`` of them, and the places of those that have one.
+
+    Forgets by second chance, as ``bounded.Seen`` does: the habit at the
+    front of the turns goes unless it counted a login since it was queued;
+    then it goes to the back once, and the next is judged. The habit just
+    made is never the one forgotten to make room for it. An accepted login
+    only counts itself in its habit: nothing is reordered on the way.
+    ``forgotten`` counts the habits forgotten so far: a habit found since is
+    still the account's.
+    """
+
+    __slots__ = ("_habits", "_limit", "_turns", "forgotten", "places")
+
+    def __init__(self, limit: int, width: int) -> None:
+        self._habits: dict[bytes, array[float]] = {}
+        self._limit = limit
+        # Each account once, stamped with its login count when queued.
+        self._turns = Turns(width)
+        self.forgotten = 0
+        # The places of accounts here that have one (forgotten with the habit).
+        self.places: dict[bytes, Places] = {}
+
+    def __len__(self) -> int:
+        return len(self._habits)
+
+    def __contains__(self, account: object) -> bool:
+        return account in self._habits
+
+    def __getitem__(self, account: bytes) -> array[float]:
+        return self._habits[account]
+
+    def items(self) -> ItemsView[bytes, array[float]]:
+        return self._habits.items()
+
+    def take(self, account: bytes, t: float) -> array[float]:
+        """The habit of ``account``, made (first seen at ``t``) if it has none."""
+        habits = self._habits
+        habit = habits.get(account)
+        if habit is None:
+            habit = habits[account] = new_habit(t)
+            self._turns.push(account, 1.0)  # as of the login counted next
+            if len(habits) > self._limit:
+                self._forget(account)
+        return habit
+
+    def _forget(self, keep: bytes) -> None:
+        habits = self._habits
+        turns = self._turns
+        while True:
+            account, queued = turns.pop()
+            seen = habits[account][SEEN]
+            if seen > queued or account == keep:
+                turns.push(account, max(seen, queued))
+                continue
+            del habits[account]
+            self.places.pop(account, None)
+            self.forgotten += 1
+            return

@@ -16,7 +16,7 @@ included (the containers are in detect/bounded.py, an
 account's habit and places in detect/habit.py). O(1)
 amortised per login: appends to bounded deques and dicts pruned from the
 front; a returning subscriber's keys are remembered, so its login costs no
-digest.
+digest, and where its state was found (detect/known.py), so no lookup.
 
 What a login leaves behind is a ``Signal`` (keys, no personal values;
 detect/login.py), stored with its auth event, so ``replay`` can rebuild this
@@ -33,7 +33,6 @@ its quiet period has passed anew).
 
 from __future__ import annotations
 
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -41,7 +40,8 @@ from typing import Final, Protocol
 
 from ispcare_radius.detect import rules
 from ispcare_radius.detect.bounded import Budget, Lists, Lru, Seen, Turns
-from ispcare_radius.detect.habit import FIRST, HOURS, SEEN, Places, hours_of, new_habit
+from ispcare_radius.detect.habit import FIRST, HOURS, SEEN, Habits, Places, hours_of
+from ispcare_radius.detect.known import Known
 from ispcare_radius.detect.login import (
     FAILURE_REASONS,
     Flag,
@@ -50,7 +50,6 @@ from ispcare_radius.detect.login import (
     account_text,
     fix_text,
     is_locally_administered,
-    keys_text,
     signal_text,
     source_text,
 )
@@ -95,9 +94,6 @@ _RULE_SUBJECT: Final = {
 # (country, latitude, longitude, accuracy) of a Fix: what its stored text depends on.
 _PlaceKey = tuple[str | None, float | None, float | None, float | None]
 
-# (account key, MAC key, MAC locally administered, ``keys_text``).
-_Identity = tuple[bytes, bytes | None, bool, str]
-
 
 class Detector:
     """Runs every rule on each login, emits flags to a sink, and keeps the holds.
@@ -116,13 +112,7 @@ class Detector:
         self._failures: Lists[deque[tuple[float, int | None]]] = Lists(n, budget)
         self._spray_names = Seen(n, budget)
         self._spray_failures: Lists[deque[float]] = Lists(n, budget)
-        # Each account's habit, and the accounts in turn to be forgotten
-        # (``_forget_habit``), stamped with their login count when queued.
-        self._habits: dict[bytes, array[float]] = {}
-        self._habit_turns = Turns(KEY_BYTES)
-        self._habits_limit = n
-        # The places of accounts in ``_habits`` that have one (forgotten with the habit).
-        self._places: dict[bytes, Places] = {}
+        self._habits = Habits(n, KEY_BYTES)
         self._account_macs = Seen(n, budget)
         self._mac_accounts = Seen(n, budget)
         self._fired: Lru[tuple[Rule, str, bytes, int], bool] = Lru(n)
@@ -133,12 +123,13 @@ class Detector:
             tuple[tuple[str, str | None, bytes | None], tuple[bytes, bytes | None, bytes | None]]
             | None
         ) = None
-        # A known subscriber's (account, MAC) keys, found by the process's
-        # salted hash of (subscriber id, user name, MAC): no personal value is
-        # held, and a returning subscriber costs no digest. Insertion order
-        # evicts; the subscriber id in the value keeps a collision from
-        # giving one subscriber another's keys.
-        self._known: dict[int, tuple[int, _Identity]] = {}
+        # A known subscriber's keys and state (detect/known.py), found by the
+        # process's salted hash of (subscriber id, user name, MAC): no
+        # personal value is held, and a returning subscriber costs no digest.
+        # Insertion order evicts (``_known_turns``); the subscriber id in the
+        # record keeps a collision from giving one subscriber another's keys.
+        self._known: dict[int, Known] = {}
+        self._known_turns = Turns(KEY_BYTES)
         self._known_limit = n
         self._fix_memo: (
             tuple[tuple[str | None, float | None, float | None, float | None], str] | None
@@ -175,37 +166,40 @@ class Detector:
         mac: bytes | None,
         station: bytes | None,
         parse_mac: MacParser | None,
-    ) -> _Identity:
+    ) -> Known:
         """The account and MAC keys of a login; remembered for a known subscriber."""
         if sid is None:
-            return self._identify(user_name, mac, station, parse_mac)
+            return self._identify(None, user_name, mac, station, parse_mac)
         known = self._known
         slot = hash((sid, user_name, mac, station))
         hit = known.get(slot)
-        if hit is not None and hit[0] == sid:
-            return hit[1]
-        found = self._identify(user_name, mac, station, parse_mac)
-        known[slot] = (sid, found)
+        if hit is not None and hit.sid == sid:
+            return hit
+        found = self._identify(sid, user_name, mac, station, parse_mac)
+        if hit is None:  # else a collision: the slot keeps its turn
+            self._known_turns.push(slot.to_bytes(KEY_BYTES, "little", signed=True), 0.0)
+        known[slot] = found
         if len(known) > self._known_limit:
-            del known[next(iter(known))]
+            oldest = self._known_turns.pop()[0]
+            del known[int.from_bytes(oldest, "little", signed=True)]
         return found
 
     def _identify(
         self,
+        sid: int | None,
         user_name: str,
         mac: bytes | None,
         station: bytes | None,
         parse_mac: MacParser | None,
-    ) -> _Identity:
+    ) -> Known:
         key = self._key
         account = key(Subject.ACCOUNT, account_text(user_name))[:KEY_BYTES]
         if mac is None and station is not None and parse_mac is not None:
             mac = parse_mac(station)
         if mac is None:
-            return account, None, False, keys_text(account, None, False)
+            return Known(sid, account, None, False)
         mac_key = key(Subject.MAC, mac)[:KEY_BYTES]
-        local = is_locally_administered(mac)
-        return account, mac_key, local, keys_text(account, mac_key, local)
+        return Known(sid, account, mac_key, is_locally_administered(mac))
 
     def signal(self, login: Login, parse_mac: MacParser | None = None) -> Signal:
         """The keyed form of ``login``: what the rules and the auth-events row keep.
@@ -215,9 +209,10 @@ class Detector:
         reads ``login.station`` as a MAC when ``login.mac`` is not given, and
         only when the login's keys are not remembered.
         """
-        account, mac, mac_local, head = self._identity(
+        known = self._identity(
             login.subscriber_id, login.user_name, login.mac, login.station, parse_mac
         )
+        account = known.account
         source = password = None
         if not login.accepted:
             if login.calling_station_id:
@@ -234,12 +229,12 @@ class Detector:
             login.reason,
             account,
             source,
-            mac,
-            mac_local,
+            known.mac,
+            known.mac_local,
             password,
             self._fix(login.place, login.time),
             login.over_limit,
-            head,
+            known.head,
         )
 
     def _fix(self, place: Place | None, time: float) -> Fix | None:
@@ -350,19 +345,19 @@ class Detector:
             and not over_limit
             and reason != "simultaneous_use"
         ):
-            account, mac, mac_local, head = self._identity(
-                subscriber_id, user_name, None, station, parse_mac
-            )
+            known = self._identity(subscriber_id, user_name, None, station, parse_mac)
             fix = self._fix(place, time) if place is not None else None
             found: list[tuple[Finding, bytes]] = []
-            self._accepted(account, time, fix, mac, mac_local, found)
+            account, mac, mac_local = known.account, known.mac, known.mac_local
+            self._accepted(account, time, fix, mac, mac_local, found, known)
             if not found:
-                fx = None if fix is None else self._fix_text(fix)
-                return signal_text(head, None, None, fx)
+                if fix is None:
+                    return known.text
+                return signal_text(known.head, None, None, self._fix_text(fix))
             sig = Signal(  # positional, in field order
                 time, subscriber_id, True, reason, account, None, mac, mac_local, None, fix
             )
-            sig.head = head
+            sig.head = known.head
         login = Login(  # positional, in field order
             time,
             subscriber_id,
@@ -452,20 +447,28 @@ class Detector:
         mac: bytes | None,
         mac_local: bool,
         found: list[tuple[Finding, bytes]],
+        known: Known | None = None,
     ) -> None:
-        """The rules on an accepted login (``found`` gets their findings), then its record."""
+        """The rules on an accepted login (``found`` gets their findings), then its record.
+
+        ``known`` is the subscriber's record when there is one: the state it
+        found last time is used while still current, and it learns the state
+        found this time.
+        """
         s = self.settings
         habits = self._habits
-        habit = habits.get(account)
-        if habit is None:
-            habit = habits[account] = new_habit(t)
-            self._habit_turns.push(account, 1.0)  # as of the login counted below
-            if len(habits) > self._habits_limit:
-                self._forget_habit(account)
+        if known is not None and known.habit_at == habits.forgotten:
+            habit = known.habit
+            assert habit is not None
+        else:
+            habit = habits.take(account, t)
+            if known is not None:
+                known.habit = habit
+                known.habit_at = habits.forgotten
         seen = habit[SEEN]
         places = None
         if fix is not None:
-            places = self._places.get(account)
+            places = habits.places.get(account)
             # The country of the last login is never new: most logins skip the rule.
             if places is None or places.recent is None or places.recent != fix.country:
                 recent = places.countries if places is not None else ()
@@ -491,40 +494,34 @@ class Detector:
         habit[slot] += 1
         if fix is not None:
             if places is None and (fix.country or None not in (fix.latitude, fix.longitude)):
-                places = self._places[account] = Places()
+                places = habits.places[account] = Places()
             if places is not None:
                 places.remember(fix, s.new_country.history)
-        if mac is not None:
-            if not mac_local:
-                am = s.account_many_devices
-                macs = self._account_macs.touch(account, mac, t, am.window, am.max_devices + 1)
-                if len(macs) > am.max_devices and (f := rules.account_many_devices(macs, am)):
-                    found.append((f, account))
-            dm = s.device_many_accounts
-            accounts = self._mac_accounts.touch(mac, account, t, dm.window, dm.max_accounts + 1)
-            if len(accounts) > dm.max_accounts and (f := rules.device_many_accounts(accounts, dm)):
-                found.append((f, mac))
-
-    def _forget_habit(self, keep: bytes) -> None:
-        """Forget one habit (and its places) other than ``keep``'s, the one just made:
-        one that counted no login for a whole turn of the map.
-
-        Second chance, as ``Seen`` does: the habit at the front of the turns
-        goes unless it counted a login since it was queued; then it goes to
-        the back once, and the next is judged. An accepted login only counts
-        itself in its habit; nothing is reordered on the way.
-        """
-        habits = self._habits
-        turns = self._habit_turns
-        while True:
-            account, queued = turns.pop()
-            seen = habits[account][SEEN]
-            if seen > queued or account == keep:
-                turns.push(account, max(seen, queued))
-                continue
-            del habits[account]
-            self._places.pop(account, None)
+        if mac is None:
             return
+        if not mac_local:
+            am = s.account_many_devices
+            cap = am.max_devices + 1
+            if known is None:
+                macs = self._account_macs.touch(account, mac, t, am.window, cap)
+            else:
+                macs, known.macs_at = self._account_macs.touch_from(
+                    known.macs, known.macs_at, account, mac, t, am.window, cap
+                )
+                known.macs = macs
+            if len(macs) > am.max_devices and (f := rules.account_many_devices(macs, am)):
+                found.append((f, account))
+        dm = s.device_many_accounts
+        cap = dm.max_accounts + 1
+        if known is None:
+            accounts = self._mac_accounts.touch(mac, account, t, dm.window, cap)
+        else:
+            accounts, known.accounts_at = self._mac_accounts.touch_from(
+                known.accounts, known.accounts_at, mac, account, t, dm.window, cap
+            )
+            known.accounts = accounts
+        if len(accounts) > dm.max_accounts and (f := rules.device_many_accounts(accounts, dm)):
+            found.append((f, mac))
 
     def _new_failures(self) -> deque[tuple[float, int | None]]:
         # The longer brute-force rule looks back this many failures: no more is kept.
