@@ -157,6 +157,10 @@ class Lists(OrderedDict[bytes, _L], Generic[_L]):
         self._budget.grew(self, after - before)
 
 
+# A subject's keys as ``Seen.touch_from`` found them, and ``Seen.forgotten`` then.
+Found = tuple[dict[bytes, float], int]
+
+
 class Seen:
     """Per subject, the keys seen with it inside a window: when each was last seen.
 
@@ -258,24 +262,26 @@ class Seen:
 
     def touch_from(
         self,
-        seen: dict[bytes, float] | None,
-        at: int,
+        found: Found | None,
         subject: bytes,
         key: bytes,
         now: float,
         window: float,
         cap: int,
-    ) -> tuple[dict[bytes, float], int]:
-        """``touch``, given ``subject``'s keys as found when ``forgotten`` was ``at``.
+    ) -> Found:
+        """``touch``, given what it returned for ``subject`` before (or None).
 
-        While nothing has been forgotten since, they are the subject's keys:
-        seen again with its one key, the subject costs no lookup. Returns the
-        keys and the count to find them with next time (-1 if they may have
-        been forgotten by this very touch).
+        While nothing has been forgotten since, those are still the
+        subject's keys: seen again with its one key, the subject costs no
+        lookup and ``found`` itself is returned. Otherwise the keys as
+        ``touch`` gives them, to pass next time.
         """
-        if seen is not None and at == self.forgotten and len(seen) == 1 and key in seen:
-            seen[key] = now
-            return seen, at
+        if found is not None:
+            seen, at = found
+            if at == self.forgotten and len(seen) == 1 and key in seen:
+                seen[key] = now
+                return found
         before = self.forgotten
         seen = self.touch(subject, key, now, window, cap)
+        # Forgotten by this very touch (settling the budget), they cannot be reused.
         return seen, before if self.forgotten == before else -1

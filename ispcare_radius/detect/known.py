@@ -8,8 +8,8 @@ account's MACs). A returning subscriber's login then costs no digest and no
 lookup in those maps: the most common Access-Request reads one record.
 
 A place found is only used while nothing has been forgotten from its map
-since (each map counts what it forgets: ``forgotten``); otherwise it is
-looked up again. So the state a login updates is always the one in the
+since (each map counts what it forgets: ``forgotten``, kept with what was
+found); otherwise it is looked up again. So the state a login updates is always the one in the
 map, exactly as without the record.
 """
 
@@ -17,10 +17,8 @@ from __future__ import annotations
 
 from array import array
 
+from ispcare_radius.detect.bounded import Found
 from ispcare_radius.detect.login import keys_text, signal_text
-
-# (account key, MAC key, MAC locally administered, ``keys_text``).
-Identity = tuple[bytes, bytes | None, bool, str]
 
 NEVER = -1
 """A ``*_at`` count no map ever has: the place must be looked up."""
@@ -32,14 +30,12 @@ class Known:
     __slots__ = (
         "account",
         "accounts",
-        "accounts_at",
         "habit",
         "habit_at",
         "head",
         "mac",
         "mac_local",
         "macs",
-        "macs_at",
         "sid",
         "text",
     )
@@ -54,7 +50,5 @@ class Known:
         self.text = signal_text(self.head, None, None, None)
         self.habit: array[float] | None = None
         self.habit_at = NEVER
-        self.accounts: dict[bytes, float] | None = None  # the MAC's accounts
-        self.accounts_at = NEVER
-        self.macs: dict[bytes, float] | None = None  # the account's MACs
-        self.macs_at = NEVER
+        self.accounts: Found | None = None  # the MAC's accounts
+        self.macs: Found | None = None  # the account's MACs

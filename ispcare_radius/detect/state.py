@@ -501,26 +501,22 @@ class Detector:
             return
         if not mac_local:
             am = s.account_many_devices
-            cap = am.max_devices + 1
-            if known is None:
-                macs = self._account_macs.touch(account, mac, t, am.window, cap)
-            else:
-                macs, known.macs_at = self._account_macs.touch_from(
-                    known.macs, known.macs_at, account, mac, t, am.window, cap
-                )
-                known.macs = macs
-            if len(macs) > am.max_devices and (f := rules.account_many_devices(macs, am)):
+            cached = known.macs if known is not None else None
+            mine = self._account_macs.touch_from(
+                cached, account, mac, t, am.window, am.max_devices + 1
+            )
+            if known is not None:
+                known.macs = mine
+            if len(mine[0]) > am.max_devices and (f := rules.account_many_devices(mine[0], am)):
                 found.append((f, account))
         dm = s.device_many_accounts
-        cap = dm.max_accounts + 1
-        if known is None:
-            accounts = self._mac_accounts.touch(mac, account, t, dm.window, cap)
-        else:
-            accounts, known.accounts_at = self._mac_accounts.touch_from(
-                known.accounts, known.accounts_at, mac, account, t, dm.window, cap
-            )
-            known.accounts = accounts
-        if len(accounts) > dm.max_accounts and (f := rules.device_many_accounts(accounts, dm)):
+        cached = known.accounts if known is not None else None
+        on_mac = self._mac_accounts.touch_from(
+            cached, mac, account, t, dm.window, dm.max_accounts + 1
+        )
+        if known is not None:
+            known.accounts = on_mac
+        if len(on_mac[0]) > dm.max_accounts and (f := rules.device_many_accounts(on_mac[0], dm)):
             found.append((f, mac))
 
     def _new_failures(self) -> deque[tuple[float, int | None]]:
