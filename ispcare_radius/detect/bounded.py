@@ -112,7 +112,7 @@ class Budget:
                 self.settle()
 
     def settle(self) -> None:
-        """Forget least recently used subjects of the fullest map until under the cap.
+        """Forget subjects of the fullest map, its oldest idle first, until under the cap.
 
         The fullest map is the one a flood fills: an attacker forging names
         or MACs evicts their own subjects first, not the accounts' failures.
