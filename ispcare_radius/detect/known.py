@@ -17,30 +17,33 @@ from __future__ import annotations
 
 from array import array
 
-from ispcare_radius.detect.bounded import Found
+from ispcare_radius.detect.bounded import Found as SeenFound
 from ispcare_radius.detect.login import keys_text, signal_text
 
 NEVER = -1
 """A ``*_at`` count no map ever has: the place must be looked up."""
 
 
-class Known:
+class Found:
+    """Where one login's accepted-login state was found: its habit, its MAC's accounts,
+    its account's MACs. Fresh (nothing found) for a login with no record."""
+
+    __slots__ = ("accounts", "habit", "habit_at", "macs")
+
+    def __init__(self) -> None:
+        self.habit: array[float] | None = None
+        self.habit_at = NEVER
+        self.accounts: SeenFound | None = None  # the MAC's accounts
+        self.macs: SeenFound | None = None  # the account's MACs
+
+
+class Known(Found):
     """One (subscriber, user name, MAC as sent): keys, text, and state last found."""
 
-    __slots__ = (
-        "account",
-        "accounts",
-        "habit",
-        "habit_at",
-        "head",
-        "mac",
-        "mac_local",
-        "macs",
-        "sid",
-        "text",
-    )
+    __slots__ = ("account", "head", "mac", "mac_local", "sid", "text")
 
     def __init__(self, sid: int | None, account: bytes, mac: bytes | None, mac_local: bool) -> None:
+        super().__init__()
         self.sid = sid
         self.account = account
         self.mac = mac
@@ -48,7 +51,3 @@ class Known:
         self.head = keys_text(account, mac, mac_local)
         # The whole stored text of an accepted login without a place: most of them.
         self.text = signal_text(self.head, None, None, None)
-        self.habit: array[float] | None = None
-        self.habit_at = NEVER
-        self.accounts: Found | None = None  # the MAC's accounts
-        self.macs: Found | None = None  # the account's MACs

@@ -41,7 +41,7 @@ from typing import Final, Protocol
 from ispcare_radius.detect import rules
 from ispcare_radius.detect.bounded import Budget, Lists, Lru, Seen, Turns
 from ispcare_radius.detect.habit import FIRST, HOURS, SEEN, Habits, Places, hours_of
-from ispcare_radius.detect.known import Known
+from ispcare_radius.detect.known import Found, Known
 from ispcare_radius.detect.login import (
     FAILURE_REASONS,
     Flag,
@@ -426,7 +426,7 @@ class Detector:
                 if (f := rules.password_spray(names, len(day), sp)) is not None:
                     found.append((f, source))
         if sig.accepted:
-            self._accepted(account, t, sig.fix, sig.mac, sig.mac_local, found)
+            self._accepted(account, t, sig.fix, sig.mac, sig.mac_local, found, Found())
         if sig.over_limit or sig.reason == "simultaneous_use":
             f = rules.concurrent_sessions(sig.reason, s.concurrent_sessions, sig.over_limit)
             if f is not None:
@@ -447,24 +447,20 @@ class Detector:
         mac: bytes | None,
         mac_local: bool,
         found: list[tuple[Finding, bytes]],
-        known: Known | None = None,
+        known: Found,
     ) -> None:
         """The rules on an accepted login (``found`` gets their findings), then its record.
 
-        ``known`` is the subscriber's record when there is one: the state it
-        found last time is used while still current, and it learns the state
-        found this time.
+        ``known`` is where this login's state was found last time (the
+        subscriber's record, or a fresh ``Found``): used while still current,
+        it learns the state found this time.
         """
         s = self.settings
         habits = self._habits
-        if known is not None and known.habit_at == habits.forgotten:
-            habit = known.habit
-            assert habit is not None
-        else:
-            habit = habits.take(account, t)
-            if known is not None:
-                known.habit = habit
-                known.habit_at = habits.forgotten
+        habit = known.habit
+        if habit is None or known.habit_at != habits.forgotten:
+            known.habit = habit = habits.take(account, t)
+            known.habit_at = habits.forgotten
         seen = habit[SEEN]
         places = None
         if fix is not None:
@@ -501,21 +497,15 @@ class Detector:
             return
         if not mac_local:
             am = s.account_many_devices
-            cached = known.macs if known is not None else None
-            mine = self._account_macs.touch_from(
-                cached, account, mac, t, am.window, am.max_devices + 1
+            known.macs = mine = self._account_macs.touch_from(
+                known.macs, account, mac, t, am.window, am.max_devices + 1
             )
-            if known is not None:
-                known.macs = mine
             if len(mine[0]) > am.max_devices and (f := rules.account_many_devices(mine[0], am)):
                 found.append((f, account))
         dm = s.device_many_accounts
-        cached = known.accounts if known is not None else None
-        on_mac = self._mac_accounts.touch_from(
-            cached, mac, account, t, dm.window, dm.max_accounts + 1
+        known.accounts = on_mac = self._mac_accounts.touch_from(
+            known.accounts, mac, account, t, dm.window, dm.max_accounts + 1
         )
-        if known is not None:
-            known.accounts = on_mac
         if len(on_mac[0]) > dm.max_accounts and (f := rules.device_many_accounts(on_mac[0], dm)):
             found.append((f, mac))
 
