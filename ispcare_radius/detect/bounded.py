@@ -158,7 +158,7 @@ class Lists(OrderedDict[bytes, _L], Generic[_L]):
 
 
 # A subject's keys as ``Seen.touch_from`` found them, and ``Seen.forgotten`` then.
-Found = tuple[dict[bytes, float], int]
+Touched = tuple[dict[bytes, float], int]
 
 
 class Seen:
@@ -262,13 +262,13 @@ class Seen:
 
     def touch_from(
         self,
-        found: Found | None,
+        found: Touched | None,
         subject: bytes,
         key: bytes,
         now: float,
         window: float,
         cap: int,
-    ) -> Found:
+    ) -> Touched:
         """``touch``, given what it returned for ``subject`` before (or None).
 
         While nothing has been forgotten since, those are still the

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from array import array
 
-from ispcare_radius.detect.bounded import Found as SeenFound
+from ispcare_radius.detect.bounded import Touched
 from ispcare_radius.detect.login import keys_text, signal_text
 
 NEVER = -1
@@ -33,8 +33,8 @@ class Found:
     def __init__(self) -> None:
         self.habit: array[float] | None = None
         self.habit_at = NEVER
-        self.accounts: SeenFound | None = None  # the MAC's accounts
-        self.macs: SeenFound | None = None  # the account's MACs
+        self.accounts: Touched | None = None  # the MAC's accounts
+        self.macs: Touched | None = None  # the account's MACs
 
 
 class Known(Found):
