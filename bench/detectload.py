@@ -1,17 +1,19 @@
 """What suspicious-login detection costs: auth CPU per request with it on and off.
 
 One database, one subscriber set, the shared load generator
-(``../shared/bench/radload.py``); the server is restarted for each round with
-``[detect] enabled`` on or off, alternating. After a warm-up run (the
-subscriber cache, and with detection on the detector's per-subscriber keys),
-``--runs`` runs are measured: the CPU time of the server process, and of the
+(``../shared/bench/radload.py``), and two servers side by side: one with
+``[detect] enabled`` on, one with it off, sharing the database and its key.
+Each round starts both, warms each with one run (the subscriber cache, and
+with detection on the detector's per-subscriber keys), then measures
+``--pairs`` pairs of runs, one on each server back to back, alternating which
+goes first. A run's figure is the CPU time of its server process, and of the
 PostgreSQL server (as the shared harness counts it), read from /proc around
-them, per answered request. Prints each round, the medians of each mode and
-their ratio, and the median of the rounds' own on/off ratios (a round's two
-runs are back to back, so the machine's drift cancels out of it):
+it, per answered request. Prints each pair, the medians of each mode and their
+ratio, and the median and quartiles of the pairs' own on/off ratios: a pair's
+runs are seconds apart, so the shared machine's drift cancels out of them.
 
-    .venv/bin/python bench/detectload.py [--rounds 7] [--users 20000] [--count 20000] [--runs 3]
-                                         [--located]
+    .venv/bin/python bench/detectload.py [--rounds 4] [--pairs 8] [--users 20000]
+                                         [--count 20000] [--located]
 
 ``--located`` gives the NAS a location (a fixed-line POP), as an ISP with
 ``nas_locations`` has: every login then has a place, and the location rules
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -90,13 +93,13 @@ def postmaster_pid(dsn: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=4, help="starts of the two servers")
+    parser.add_argument(
+        "--pairs", type=int, default=8, help="measured on/off pairs of runs per round"
+    )
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--parallel", type=int, default=32)
     parser.add_argument("--count", type=int, default=20_000, help="requests per run")
-    parser.add_argument(
-        "--runs", type=int, default=3, help="measured runs per server start, after a warm-up run"
-    )
     parser.add_argument(
         "--located", action="store_true", help="place the NAS (latitude, longitude, country)"
     )
@@ -109,66 +112,76 @@ def main() -> int:
     requests = work / "auth.txt"
     generate = [sys.executable, str(gen), "auth", "--count", str(args.count)]
     generate += ["--users", str(args.users), "--out", str(requests)]
-    subprocess.run(
-        generate,
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run(generate, check=True, capture_output=True)
     subscribers = work / "subscribers.csv"
     with subscribers.open("w") as f:
         f.write("user_name,password\n")
         for i in range(1, args.users + 1):
             f.write(f"user{i},pass{i}\n")
     dsn, name = create_database(admin)
-    srv = ServerProcess(work / "server", dsn, probe_secret=SECRET.encode())
-    per_request: dict[str, list[float]] = {"off": [], "on": []}
-    with_db: dict[str, list[float]] = {"off": [], "on": []}
+    modes = ("off", "on")
+    servers = {m: ServerProcess(work / m, dsn, probe_secret=SECRET.encode()) for m in modes}
+    for mode, srv in servers.items():
+        srv.extra_config = f"\n[detect]\nenabled = {'true' if mode == 'on' else 'false'}\n"
+    per_request: dict[str, list[float]] = {m: [] for m in modes}
+    with_db: dict[str, list[float]] = {m: [] for m in modes}
     database = postmaster_pid(admin)
     try:
-        srv.setup()
+        servers["off"].setup()
+        # One database, so one master key: the second server gets a copy.
+        shutil.copytree(servers["off"].key_path.parent, servers["on"].key_path.parent)
+        servers["on"].write_config()
         place = ["--latitude", "51.5", "--longitude", "-0.12", "--country", "GB"]
+        srv = servers["off"]
         srv.cli(
             "nas", "add", "bench", "127.0.0.1", "--secret", SECRET, *(place if args.located else [])
         )
         srv.cli("subscriber", "import", str(subscribers), "--no-progress")
-        load = [sys.executable, str(radload), "-f", str(requests), "-p", str(args.parallel)]
-        load += ["-s", SECRET, "--port", str(srv.auth_port), "auth"]
+
+        def load(srv: ServerProcess) -> int:
+            """One run of ``--count`` requests against ``srv``; how many were answered."""
+            cmd = [sys.executable, str(radload), "-f", str(requests), "-p", str(args.parallel)]
+            cmd += ["-s", SECRET, "--port", str(srv.auth_port), "auth"]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            return args.count - int(json.loads(out.strip().splitlines()[-1]).get("lost", 0))
+
         for rnd in range(args.rounds):
-            for mode in ("off", "on") if rnd % 2 == 0 else ("on", "off"):
-                srv.extra_config = f"\n[detect]\nenabled = {'true' if mode == 'on' else 'false'}\n"
-                srv.write_config()
-                srv.start()
-                assert srv.proc is not None
-                subprocess.run(load, capture_output=True, check=True)  # warm the cache
-                before = cpu_seconds(srv.proc.pid)
-                db_before = tree_cpu_seconds(database)
-                answered = 0
-                for _ in range(args.runs):
-                    out = subprocess.run(load, capture_output=True, text=True, check=True).stdout
-                    result = json.loads(out.strip().splitlines()[-1])
-                    answered += args.count - int(result.get("lost", 0))
-                used = cpu_seconds(srv.proc.pid) - before
-                db_used = tree_cpu_seconds(database) - db_before
-                per_request[mode].append(used / answered * 1e6)
-                with_db[mode].append((used + db_used) / answered * 1e6)
+            for mode in modes if rnd % 2 == 0 else modes[::-1]:
+                servers[mode].start()
+                load(servers[mode])  # warm the cache and the detector's keys
+            for pair in range(args.pairs):
+                for mode in modes if (rnd + pair) % 2 == 0 else modes[::-1]:
+                    proc = servers[mode].proc
+                    assert proc is not None
+                    before = cpu_seconds(proc.pid)
+                    db_before = tree_cpu_seconds(database)
+                    answered = load(servers[mode])
+                    used = cpu_seconds(proc.pid) - before
+                    db_used = tree_cpu_seconds(database) - db_before
+                    per_request[mode].append(used / answered * 1e6)
+                    with_db[mode].append((used + db_used) / answered * 1e6)
+                on, off = per_request["on"][-1], per_request["off"][-1]
                 print(
-                    f"round {rnd + 1} detection {mode}: {per_request[mode][-1]:.1f} us CPU/request"
-                    f" (server), {with_db[mode][-1]:.1f} (server + PostgreSQL),"
-                    f" {result.get('rps')} req/s",
+                    f"round {rnd + 1} pair {pair + 1}: server CPU/request off {off:.1f} us,"
+                    f" on {on:.1f} us, on/off {on / off:.3f}",
                     flush=True,
                 )
+            for srv in servers.values():
                 srv.stop()
     finally:
-        srv.kill()
+        for srv in servers.values():
+            srv.kill()
         drop_database(admin, name)
     for label, series in (("server", per_request), ("server + PostgreSQL", with_db)):
         off, on = statistics.median(series["off"]), statistics.median(series["on"])
-        # Each round's on and off ran back to back: their ratio cancels the
-        # machine's slow drift, which the medians of each mode do not.
-        paired = statistics.median(a / b for a, b in zip(series["on"], series["off"], strict=True))
+        # A pair's two runs are back to back: their ratio cancels the
+        # machine's drift, which the medians of each mode do not.
+        ratios = sorted(a / b for a, b in zip(series["on"], series["off"], strict=True))
+        quartiles = statistics.quantiles(ratios, n=4)
         print(
-            f"median CPU/request, {label}: off {off:.1f} us, on {on:.1f} us,"
-            f" on/off = {on / off:.3f}; median of the rounds' on/off = {paired:.3f}"
+            f"{label}: median CPU/request off {off:.1f} us, on {on:.1f} us,"
+            f" on/off = {on / off:.3f}; pairs' on/off: median {statistics.median(ratios):.3f},"
+            f" quartiles {quartiles[0]:.3f} to {quartiles[2]:.3f}, n = {len(ratios)}"
         )
     return 0
 
