@@ -9,6 +9,7 @@ import pytest
 
 from ispcare_radius.detect.bounded import Budget, Seen, Turns
 from ispcare_radius.detect.habit import SEEN
+from ispcare_radius.detect.location import Location
 from ispcare_radius.detect.login import Login
 from ispcare_radius.detect.settings import (
     AccountManyDevices,
@@ -16,6 +17,7 @@ from ispcare_radius.detect.settings import (
     DetectSettings,
     DeviceManyAccounts,
     Mode,
+    NewCountry,
     PasswordSpray,
 )
 from ispcare_radius.detect.state import Detector
@@ -115,8 +117,15 @@ def test_turns_keep_their_order_across_growth_and_wrap_around() -> None:
 
 
 def _state(det: Detector) -> tuple[object, ...]:
+    places = {
+        k: (list(p.countries), p.recent, p.repeats, p.time, p.country, p.latitude, p.longitude)
+        for k, p in det._habits.places.items()
+    }
+    radii = {k: p.accuracy_km for k, p in det._habits.places.items()}
     return (
         {k: list(v) for k, v in det._habits.items()},
+        places,
+        radii,
         dict(det._mac_accounts.items()),
         dict(det._account_macs.items()),
         det.entries,
@@ -157,3 +166,78 @@ def test_state_a_remembered_subscriber_found_is_the_state_in_the_maps(
         got = by_see.see(t, sid, ok, reason, user, None, b"pw", None, False, station, _parse_mac)
         assert got == expected
         assert _state(by_see) == _state(by_observe), i
+
+
+# Places as the pipeline passes them: a NAS's one place object, shared by its
+# logins (``Locator``), and GeoIP answers, a new object for each login.
+_LONDON_NAS = Location("GB", "London", 51.5, -0.12, None, "nas")
+_LEEDS_NAS = Location("GB", "Leeds", 53.8, -1.55, None, "nas")
+_PARIS_NAS = Location("FR", "Paris", 48.86, 2.35, None, "nas")
+_COUNTRY_ONLY = Location("DE", None, None, None, None, "nas")
+_NO_COUNTRY = Location(None, None, 40.0, -3.7, None, "nas")
+# Oddities: another country at the home NAS's coordinates, the same latitude
+# or longitude elsewhere, and a radius no sane database gives (settled places never skip
+# what the rules would make of it).
+_IE_ONLY = Location("IE", None, None, None, None, "nas")
+_IE_AT_HOME = Location("IE", None, 51.5, -0.12, None, "nas")
+_READING_NAS = Location("GB", "Reading", 51.5, -0.97, None, "nas")
+_CAMBRIDGE_NAS = Location("GB", "Cambridge", 52.2, -0.12, None, "nas")
+_NEGATIVE = Location("GB", "London", 51.5, -0.12, -600.0, "geoip")
+
+
+_ELSEWHERE = (_LEEDS_NAS, _PARIS_NAS, _COUNTRY_ONLY, _NO_COUNTRY, _IE_ONLY, _IE_AT_HOME)
+_ELSEWHERE += (_READING_NAS, _CAMBRIDGE_NAS, _NEGATIVE, None)
+
+
+class _Stays:
+    """Each user's logins: mostly through the home NAS, with stays elsewhere of
+    one to four logins, and GeoIP answers now and then."""
+
+    def __init__(self, rnd: random.Random) -> None:
+        self._rnd = rnd
+        self._stay: dict[str, tuple[Location | None, int]] = {}
+
+    def place(self, user: str) -> Location | None:
+        rnd = self._rnd
+        if rnd.random() < 0.1:  # GeoIP: a new object each time
+            return Location("GB", "London", 51.5, -0.12, rnd.choice([None, 10.0]), "geoip")
+        where, left = self._stay.get(user, (_LONDON_NAS, 0))
+        if left == 0:
+            where = _LONDON_NAS if rnd.random() < 0.5 else rnd.choice(_ELSEWHERE)
+            left = rnd.randint(1, 4)
+        self._stay[user] = (where, left - 1)
+        return where
+
+
+@pytest.mark.parametrize("limit", [2, 5, 100])
+def test_state_a_settled_place_changes_only_its_time_as_observe_does(limit: int) -> None:
+    """``see`` skips the location rules for a login from the place where the
+    account's last logins were (``Places.settled``), and reuses its stored text
+    for the same place object; with NAS places shared, GeoIP places made anew,
+    places without coordinates or country, countries changing and maps that
+    forget, every login leaves the detector and its stored text exactly as
+    ``observe`` does."""
+    settings = DetectSettings(
+        mode=Mode.ENFORCE,
+        max_subjects=limit,
+        device_many_accounts=DeviceManyAccounts(max_accounts=limit + 2),
+        account_many_devices=AccountManyDevices(max_devices=limit + 2),
+        new_country=NewCountry(history=3, quiet_logins=2, quiet_days=0.1),
+    )
+    by_see, by_observe = Detector(settings, keyer, Sink()), Detector(settings, keyer, Sink())
+    rnd = random.Random(limit)
+    stays = _Stays(rnd)
+    for i in range(4000):
+        user = f"user-{rnd.randrange(limit + 3)}"
+        sid = 100 + int(user[5:])
+        station = b"00-1B-00-00-00-%02X" % rnd.randrange(limit + 2)
+        place = stays.place(user)
+        t = T0 + i * 600.0  # hours apart: a country change may be travel
+        login = Login(t, sid, True, "accept", user, None, None, b"pw", place, False, station)
+        expected = by_observe.observe(login, _parse_mac).encode()
+        got = by_see.see(
+            t, sid, True, "accept", user, None, b"pw", place, False, station, _parse_mac
+        )
+        assert got == expected, i
+        assert _state(by_see) == _state(by_observe), i
+    assert by_see.flags_emitted == by_observe.flags_emitted > 0

@@ -321,6 +321,20 @@ def test_nas_location_fallback_and_normalisation() -> None:
     assert Locator().locate(LONDON_IP, bare) is None
 
 
+def test_locator_gives_a_nas_its_one_place_object() -> None:
+    """A NAS's logins share one place object (the detector knows it again by
+    identity); a NAS reloaded, or another NAS, gets its own."""
+    locator = Locator()
+    nas = _nas()
+    first = locator.locate(None, nas)
+    assert first is not None and locator.locate(None, nas) is first
+    reloaded = _nas(city="Leeds", latitude=53.8, longitude=-1.55)
+    moved = locator.locate(None, reloaded)
+    assert moved is not None and moved.city == "Leeds"
+    assert locator.locate(None, nas) is first
+    assert locator.locate(None, _nas()) == first
+
+
 def test_locator_per_nas_type(city: GeoIpReader) -> None:
     """Public VPN client IPs are geolocated; unknown ones give None; no database: NAS location."""
     vpn = _nas(NasType.VPN, city="Leeds", latitude=53.8, longitude=-1.55)

@@ -87,6 +87,31 @@ class Places:
             return None
         return Fix(self.time, self.country, self.latitude, self.longitude, self.accuracy_km)
 
+    def settled(
+        self,
+        country: str | None,
+        lat: float | None,
+        lon: float | None,
+        accuracy_km: float | None,
+        history: int,
+    ) -> bool:
+        """True if a login from this place changes nothing here but ``time``.
+
+        So it is: its country ends ``countries`` already, ``history`` times
+        (the new-country rule skips it, ``remember`` adds nothing), and its
+        coordinates are the last location's (no travel at all). Most of a
+        fixed line's logins come through one NAS, from one place.
+        """
+        return (
+            country == self.recent
+            and country == self.country
+            and self.repeats >= history
+            and self.latitude == lat
+            and self.longitude == lon
+            and self.accuracy_km == accuracy_km
+            and (accuracy_km or 0.0) >= 0.0
+        )
+
     def remember(self, fix: Fix, history: int) -> None:
         """Add an accepted login's location; ``history`` countries are kept."""
         country = fix.country

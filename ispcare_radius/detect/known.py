@@ -18,7 +18,9 @@ from __future__ import annotations
 from array import array
 
 from ispcare_radius.detect.bounded import Touched
+from ispcare_radius.detect.habit import Habits, Places
 from ispcare_radius.detect.login import keys_text, signal_text
+from ispcare_radius.detect.rules import Place
 
 NEVER = -1
 """A ``*_at`` count no map ever has: the place must be looked up."""
@@ -40,7 +42,18 @@ class Found:
 class Known(Found):
     """One (subscriber, user name, MAC as sent): keys, text, and state last found."""
 
-    __slots__ = ("account", "head", "mac", "mac_local", "sid", "text")
+    __slots__ = (
+        "account",
+        "head",
+        "mac",
+        "mac_local",
+        "place",
+        "place_text",
+        "places",
+        "places_at",
+        "sid",
+        "text",
+    )
 
     def __init__(self, sid: int | None, account: bytes, mac: bytes | None, mac_local: bool) -> None:
         super().__init__()
@@ -51,3 +64,30 @@ class Known(Found):
         self.head = keys_text(account, mac, mac_local)
         # The whole stored text of an accepted login without a place: most of them.
         self.text = signal_text(self.head, None, None, None)
+        # The last place of an accepted login, and its whole stored text: a
+        # NAS's logins share one place object (``detect.location.Locator``).
+        self.place: object = None
+        self.place_text = self.text
+        # The account's places as last found, while ``Habits.forgotten`` is
+        # ``places_at`` (they are forgotten with its habit).
+        self.places: Places | None = None
+        self.places_at = NEVER
+
+    def settled(
+        self, habits: Habits, place: Place, time: float, nas_accuracy_km: float, history: int
+    ) -> bool:
+        """True if ``place`` is where the account's last logins were (``Places.settled``):
+        then its time is all this login changes of the account's places, and that is done."""
+        places = self.places
+        if places is None or self.places_at != habits.forgotten:
+            self.places = places = habits.places.get(self.account)
+            self.places_at = habits.forgotten
+            if places is None:
+                return False
+        accuracy = place.accuracy_km
+        if accuracy is None:  # a NAS location: the POP serves an area (``Detector._fix``)
+            accuracy = nas_accuracy_km
+        if places.settled(place.country, place.latitude, place.longitude, accuracy, history):
+            places.time = time
+            return True
+        return False

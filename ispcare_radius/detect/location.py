@@ -238,6 +238,9 @@ def nas_location(nas: NasSite) -> Location | None:
     return Location(country, nas.city, lat, lon, None, "nas")
 
 
+_NAS_PLACES: Final = 4096
+
+
 class Locator:
     """Places a login: GeoIP for a public client IP, the NAS location otherwise.
 
@@ -249,6 +252,12 @@ class Locator:
 
     def __init__(self, geoip: GeoLookup | None = None) -> None:
         self._geoip = geoip
+        # Each NAS's location, by the NAS object's identity. A NAS is never
+        # changed in place (``aaa.model.Nas`` is frozen; a reload brings new
+        # ones), so its logins share one place object, which the detector
+        # knows again by identity. Emptied when it outgrows any NAS table
+        # (reloads leave old NAS objects behind).
+        self._nas_places: dict[int, tuple[NasSite, Location | None]] = {}
 
     @property
     def has_geoip(self) -> bool:
@@ -263,4 +272,11 @@ class Locator:
                 if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
                     ip = ip.ipv4_mapped
                 return self._geoip.lookup(ip)
-        return nas_location(nas)
+        known = self._nas_places.get(id(nas))
+        if known is not None and known[0] is nas:
+            return known[1]
+        if len(self._nas_places) >= _NAS_PLACES:
+            self._nas_places.clear()
+        place = nas_location(nas)
+        self._nas_places[id(nas)] = (nas, place)
+        return place

@@ -346,14 +346,29 @@ class Detector:
             and reason != "simultaneous_use"
         ):
             known = self._identity(subscriber_id, user_name, None, station, parse_mac)
-            fix = self._fix(place, time) if place is not None else None
+            fix = None
+            s = self.settings
+            if place is not None and not known.settled(
+                self._habits, place, time, s.nas_accuracy_km, s.new_country.history
+            ):
+                fix = self._fix(place, time)
             found: list[tuple[Finding, bytes]] = []
             account, mac, mac_local = known.account, known.mac, known.mac_local
             self._accepted(account, time, fix, mac, mac_local, found, known)
             if not found:
-                if fix is None:
+                if place is None:
                     return known.text
-                return signal_text(known.head, None, None, self._fix_text(fix))
+                if place is not known.place:
+                    fx = fix if fix is not None else self._fix(place, time)
+                    known.place_text = (
+                        known.text
+                        if fx is None
+                        else signal_text(known.head, None, None, self._fix_text(fx))
+                    )
+                    known.place = place
+                return known.place_text
+            if fix is None and place is not None:
+                fix = self._fix(place, time)
             sig = Signal(  # positional, in field order
                 time, subscriber_id, True, reason, account, None, mac, mac_local, None, fix
             )
