@@ -210,13 +210,13 @@ class _Stays:
 
 
 @pytest.mark.parametrize("limit", [2, 5, 100])
-def test_state_a_settled_place_changes_only_its_time_as_observe_does(limit: int) -> None:
+def test_state_a_login_from_the_last_place_skips_the_rules_as_observe_would(limit: int) -> None:
     """``see`` skips the location rules for a login from the place where the
-    account's last logins were (``Places.settled``), and reuses its stored text
-    for the same place object; with NAS places shared, GeoIP places made anew,
-    places without coordinates or country, countries changing and maps that
-    forget, every login leaves the detector and its stored text exactly as
-    ``observe`` does."""
+    account's last logins were (``Places.settled``, then ``Places.stay``), and
+    reuses its stored text for the same place object. With NAS places shared,
+    GeoIP places made anew, places without coordinates or country, countries
+    changing and maps that forget, every login leaves the detector and its
+    stored text exactly as ``observe`` does."""
     settings = DetectSettings(
         mode=Mode.ENFORCE,
         max_subjects=limit,

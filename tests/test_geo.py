@@ -321,18 +321,17 @@ def test_nas_location_fallback_and_normalisation() -> None:
     assert Locator().locate(LONDON_IP, bare) is None
 
 
-def test_locator_gives_a_nas_its_one_place_object() -> None:
-    """A NAS's logins share one place object (the detector knows it again by
-    identity); a NAS reloaded, or another NAS, gets its own."""
+def test_locator_gives_a_nas_place_one_place_object() -> None:
+    """Logins through one NAS share one place object (the detector knows it
+    again by identity), a NAS reloaded with the same place too; a NAS
+    elsewhere gets its own."""
     locator = Locator()
-    nas = _nas()
-    first = locator.locate(None, nas)
-    assert first is not None and locator.locate(None, nas) is first
-    reloaded = _nas(city="Leeds", latitude=53.8, longitude=-1.55)
-    moved = locator.locate(None, reloaded)
-    assert moved is not None and moved.city == "Leeds"
-    assert locator.locate(None, nas) is first
-    assert locator.locate(None, _nas()) == first
+    first = locator.locate(None, _nas())
+    assert first is not None and locator.locate(None, _nas()) is first
+    moved = locator.locate(None, _nas(city="Leeds", latitude=53.8, longitude=-1.55))
+    assert moved is not None and moved.city == "Leeds" and moved is not first
+    assert locator.locate(None, _nas()) is first
+    assert locator.locate(None, _nas(latitude=None)) == nas_location(_nas(latitude=None))
 
 
 def test_locator_per_nas_type(city: GeoIpReader) -> None:

@@ -88,29 +88,30 @@ class Places:
         return Fix(self.time, self.country, self.latitude, self.longitude, self.accuracy_km)
 
     def settled(
-        self,
-        country: str | None,
-        lat: float | None,
-        lon: float | None,
-        accuracy_km: float | None,
-        history: int,
+        self, country: str | None, lat: float | None, lon: float | None, accuracy_km: float | None
     ) -> bool:
-        """True if a login from this place changes nothing here but ``time``.
+        """True if a login from this place is one more from the last location.
 
-        So it is: its country ends ``countries`` already, ``history`` times
-        (the new-country rule skips it, ``remember`` adds nothing), and its
-        coordinates are the last location's (no travel at all). Most of a
-        fixed line's logins come through one NAS, from one place.
+        So it is: its country ends ``countries`` already (the new-country rule
+        skips it), and its coordinates and radius are the last location's (no
+        travel at all); ``stay`` is then all that ``remember`` would do. Most
+        of a fixed line's logins come through one NAS, from one place.
         """
         return (
-            country == self.recent
+            lat is not None
+            and country == self.recent
             and country == self.country
-            and self.repeats >= history
-            and self.latitude == lat
-            and self.longitude == lon
-            and self.accuracy_km == accuracy_km
+            and lat == self.latitude
+            and lon == self.longitude
+            and accuracy_km == self.accuracy_km
             and (accuracy_km or 0.0) >= 0.0
         )
+
+    def stay(self, time: float, history: int) -> None:
+        """``remember`` a login from the last location again (``settled``)."""
+        self.time = time
+        if self.recent is not None and self.repeats < history:
+            self._repeat(self.recent, history)
 
     def remember(self, fix: Fix, history: int) -> None:
         """Add an accepted login's location; ``history`` countries are kept."""
@@ -120,17 +121,20 @@ class Places:
                 self.recent = country
                 self.repeats = 0
             if self.repeats < history:  # else all of them are this country already
-                self.repeats += 1
-                countries = self.countries
-                countries.append(country)
-                if len(countries) > history:
-                    countries.popleft()
+                self._repeat(country, history)
         if fix.latitude is not None and fix.longitude is not None:
             self.time = fix.time
             self.country = fix.country
             self.latitude = fix.latitude
             self.longitude = fix.longitude
             self.accuracy_km = fix.accuracy_km
+
+    def _repeat(self, country: str, history: int) -> None:
+        self.repeats += 1
+        countries = self.countries
+        countries.append(country)
+        if len(countries) > history:
+            countries.popleft()
 
 
 class Habits:

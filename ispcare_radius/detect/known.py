@@ -77,7 +77,8 @@ class Known(Found):
         self, habits: Habits, place: Place, time: float, nas_accuracy_km: float, history: int
     ) -> bool:
         """True if ``place`` is where the account's last logins were (``Places.settled``):
-        then its time is all this login changes of the account's places, and that is done."""
+        then ``Places.stay`` is all this login changes of the account's places, and that is
+        done."""
         places = self.places
         if places is None or self.places_at != habits.forgotten:
             self.places = places = habits.places.get(self.account)
@@ -87,7 +88,7 @@ class Known(Found):
         accuracy = place.accuracy_km
         if accuracy is None:  # a NAS location: the POP serves an area (``Detector._fix``)
             accuracy = nas_accuracy_km
-        if places.settled(place.country, place.latitude, place.longitude, accuracy, history):
-            places.time = time
+        if places.settled(place.country, place.latitude, place.longitude, accuracy):
+            places.stay(time, history)
             return True
         return False

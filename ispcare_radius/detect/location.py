@@ -239,6 +239,8 @@ def nas_location(nas: NasSite) -> Location | None:
 
 
 _NAS_PLACES: Final = 4096
+NasPlace = tuple[str | None, str | None, float | None, float | None]
+"""What ``nas_location`` reads of a NAS: country, city, latitude, longitude."""
 
 
 class Locator:
@@ -252,12 +254,11 @@ class Locator:
 
     def __init__(self, geoip: GeoLookup | None = None) -> None:
         self._geoip = geoip
-        # Each NAS's location, by the NAS object's identity. A NAS is never
-        # changed in place (``aaa.model.Nas`` is frozen; a reload brings new
-        # ones), so its logins share one place object, which the detector
-        # knows again by identity. Emptied when it outgrows any NAS table
-        # (reloads leave old NAS objects behind).
-        self._nas_places: dict[int, tuple[NasSite, Location | None]] = {}
+        # The location of each NAS place asked for, by its configured values:
+        # logins through one NAS share one place object, which the detector
+        # knows again by identity. Holds no NAS (nor its secret); emptied if it
+        # ever outgrows any NAS table.
+        self._nas_places: dict[NasPlace, Location | None] = {}
 
     @property
     def has_geoip(self) -> bool:
@@ -272,11 +273,12 @@ class Locator:
                 if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
                     ip = ip.ipv4_mapped
                 return self._geoip.lookup(ip)
-        known = self._nas_places.get(id(nas))
-        if known is not None and known[0] is nas:
-            return known[1]
+        asked = (nas.country, nas.city, nas.latitude, nas.longitude)
+        try:
+            return self._nas_places[asked]
+        except KeyError:
+            pass
         if len(self._nas_places) >= _NAS_PLACES:
             self._nas_places.clear()
-        place = nas_location(nas)
-        self._nas_places[id(nas)] = (nas, place)
+        place = self._nas_places[asked] = nas_location(nas)
         return place
