@@ -10,7 +10,6 @@ the garbage collector would then have to walk.
 from __future__ import annotations
 
 from array import array
-from collections import deque
 from collections.abc import ItemsView
 from typing import Final
 
@@ -58,7 +57,10 @@ class Places:
     )
 
     def __init__(self) -> None:
-        self.countries: deque[str] = deque()
+        # Oldest first, at most ``history``: a tuple of strings, which the
+        # garbage collector stops walking once it has seen it (a deque it
+        # would walk, all ``history`` entries, at every full collection).
+        self.countries: tuple[str, ...] = ()
         # The last country in ``countries`` and how many times it ends it: once
         # it fills them, the same country again changes nothing (most logins).
         self.recent: str | None = None
@@ -132,9 +134,9 @@ class Places:
     def _repeat(self, country: str, history: int) -> None:
         self.repeats += 1
         countries = self.countries
-        countries.append(country)
-        if len(countries) > history:
-            countries.popleft()
+        if len(countries) >= history:
+            countries = countries[len(countries) - history + 1 :]
+        self.countries = (*countries, country)
 
 
 class Habits:
