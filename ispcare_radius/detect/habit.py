@@ -3,8 +3,10 @@ and the bounded map of them (``Habits``).
 
 Plain containers, no keys, rules or I/O (detect/state.py uses them). Made
 for every new account and updated on every accepted login, so they hold
-plain values and are changed in place: nothing is allocated per login that
-the garbage collector would then have to walk.
+plain values and are changed in place. The one exception, an account's
+recent countries, is a short tuple of strings, rebuilt only while its
+history fills or its country changes; the garbage collector stops walking
+it once it has seen it.
 """
 
 from __future__ import annotations
