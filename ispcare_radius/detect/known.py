@@ -2,15 +2,16 @@
 
 A ``Known`` is found by the process's salted hash of (subscriber id, user
 name, MAC as sent): it holds the account and MAC keys (no personal value),
-the start of the stored signal text, and where the subscriber's
-accepted-login state was last found (its habit, its MAC's accounts, its
-account's MACs). A returning subscriber's login then costs no digest and no
-lookup in those maps: the most common Access-Request reads one record.
+the stored signal text (and that of its last place), and where the
+subscriber's accepted-login state was last found (its habit, its places,
+its MAC's accounts, its account's MACs). A returning subscriber's login
+then costs no digest and no lookup in those maps: the most common
+Access-Request reads one record.
 
 A place found is only used while nothing has been forgotten from its map
 since (each map counts what it forgets: ``forgotten``, kept with what was
-found); otherwise it is looked up again. So the state a login updates is always the one in the
-map, exactly as without the record.
+found); otherwise it is looked up again. So the state a login updates is
+always the one in the map, exactly as without the record.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from array import array
 from ispcare_radius.detect.bounded import Touched
 from ispcare_radius.detect.habit import Habits, Places
 from ispcare_radius.detect.login import keys_text, signal_text
-from ispcare_radius.detect.rules import Place
+from ispcare_radius.detect.rules import Place, radius_km
 
 NEVER = -1
 """A ``*_at`` count no map ever has: the place must be looked up."""
@@ -85,9 +86,7 @@ class Known(Found):
             self.places_at = habits.forgotten
             if places is None:
                 return False
-        accuracy = place.accuracy_km
-        if accuracy is None:  # a NAS location: the POP serves an area (``Detector._fix``)
-            accuracy = nas_accuracy_km
+        accuracy = radius_km(place, nas_accuracy_km)
         if places.settled(place.country, place.latitude, place.longitude, accuracy):
             places.stay(time, history)
             return True

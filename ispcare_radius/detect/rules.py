@@ -56,6 +56,14 @@ class Place(Protocol):
     def accuracy_km(self) -> float | None: ...
 
 
+def radius_km(place: Place, nas_accuracy_km: float) -> float:
+    """How far from its coordinates a login at ``place`` may be: the GeoIP
+    accuracy radius, or for a NAS location (none of its own) the area a POP
+    serves."""
+    accuracy = place.accuracy_km
+    return nas_accuracy_km if accuracy is None else accuracy
+
+
 # Slotted but not frozen, like Login and Signal (detect/login.py): one is
 # made for every located login, and a frozen dataclass sets each field
 # through object.__setattr__. Nothing changes one after construction.

@@ -53,7 +53,7 @@ from ispcare_radius.detect.login import (
     signal_text,
     source_text,
 )
-from ispcare_radius.detect.rules import Finding, Fix, Place
+from ispcare_radius.detect.rules import Finding, Fix, Place, radius_km
 from ispcare_radius.detect.settings import ACTION_RANK, Action, DetectSettings, Rule
 
 KEY_BYTES: Final = 8
@@ -241,10 +241,7 @@ class Detector:
         """Where and when, for the location rules; None for a login without a place."""
         if place is None or not (place.country or place.latitude is not None):
             return None
-        # A NAS location has no radius of its own: the POP serves an area.
-        accuracy = place.accuracy_km
-        if accuracy is None:
-            accuracy = self.settings.nas_accuracy_km
+        accuracy = radius_km(place, self.settings.nas_accuracy_km)
         return Fix(time, place.country, place.latitude, place.longitude, accuracy)
 
     def _fix_text(self, fix: Fix) -> str:
